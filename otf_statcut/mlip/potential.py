@@ -1,0 +1,412 @@
+"""A NequIP interatomic potential with a scikit-learn-like interface: build, fit, predict, save, load.
+
+The network is a real ``nequip.model.NequIPGNNModel`` (nequip 0.19) wrapped in NequIP's
+``ForceStressOutput``: forces are −∂E/∂r and the stress is (1/V) ∂E/∂ε (ASE's sign
+convention), both by autograd. The per-atom latent features returned by :meth:`predict` are the
+output of the last interaction block, ``out["node_features"]``, read just before the per-atom
+energy readout. NequIPGNNModel's last block keeps only scalars (``num_features x 0e``), so these
+features are rotation-, translation- and permutation-invariant as they stand; no slicing needed.
+
+Saved models are a directory::
+
+    potential.json   format tag, version, ModelConfig, DataStatistics
+    weights.pt       the model's state_dict (torch.save), loaded with weights_only=True
+    history.json     the last fit's TrainingHistory (optional)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase import Atoms
+
+from otf_statcut.errors import DataError
+
+from .config import ModelConfig, TrainConfig
+from .graphs import DataStatistics, GraphConverter, batch_graphs, compute_statistics, ensure_nequip_state
+from .training import TrainingHistory, train_model
+
+__all__ = ["Prediction", "NequIPPotential", "predictions_from_output"]
+
+FORMAT = "otf-statcut-nequip-potential"
+FORMAT_VERSION = 1
+CONFIG_FILE = "potential.json"
+WEIGHTS_FILE = "weights.pt"
+HISTORY_FILE = "history.json"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The potential's output for one frame (float64 throughout).
+
+    Attributes
+    ----------
+    energy : float
+        Total energy (eV).
+    forces : ndarray, shape (n_atoms, 3)
+        Forces (eV/Å).
+    stress : ndarray, shape (6,), or None
+        Stress (eV/Å³), Voigt order xx, yy, zz, yz, xz, xy, ASE sign convention; None when not
+        requested or the frame has no cell volume.
+    features : ndarray, shape (n_atoms, num_features), or None
+        Invariant latent node features (before the energy readout); None when not requested.
+    """
+
+    energy: float
+    forces: np.ndarray
+    stress: np.ndarray | None = None
+    features: np.ndarray | None = None
+
+    @property
+    def n_atoms(self) -> int:
+        """Number of atoms."""
+        return int(self.forces.shape[0])
+
+
+def _numpy64(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().to(device="cpu", dtype=torch.float64).numpy().copy()
+
+
+def predictions_from_output(out: dict, stress: bool = True, features: bool = True) -> list[Prediction]:
+    """Split a (batched or single-frame) NequIP model output into per-frame :class:`Prediction`.
+
+    Parameters
+    ----------
+    out : dict
+        The model's output ``AtomicDataDict`` (must contain total energy and forces).
+    stress, features : bool
+        Whether to fill :attr:`Prediction.stress` and :attr:`Prediction.features`.
+    """
+    from ase.stress import full_3x3_to_voigt_6_stress
+    from nequip.data import AtomicDataDict
+
+    energies = _numpy64(out[AtomicDataDict.TOTAL_ENERGY_KEY]).reshape(-1)
+    n_frames = energies.shape[0]
+    forces = _numpy64(out[AtomicDataDict.FORCE_KEY])
+    if AtomicDataDict.NUM_NODES_KEY in out:
+        counts = out[AtomicDataDict.NUM_NODES_KEY].detach().cpu().numpy().reshape(-1)
+    else:
+        counts = np.array([forces.shape[0]])
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    stresses = None
+    if stress and AtomicDataDict.STRESS_KEY in out and out[AtomicDataDict.STRESS_KEY].numel() == 9 * n_frames:
+        stresses = _numpy64(out[AtomicDataDict.STRESS_KEY]).reshape(n_frames, 3, 3)
+    latent = _numpy64(out[AtomicDataDict.NODE_FEATURES_KEY]) if features else None
+    predictions = []
+    for i in range(n_frames):
+        lo, hi = int(bounds[i]), int(bounds[i + 1])
+        frame_stress = None
+        if stresses is not None and np.all(np.isfinite(stresses[i])):
+            frame_stress = full_3x3_to_voigt_6_stress(stresses[i])
+        predictions.append(
+            Prediction(
+                energy=float(energies[i]),
+                forces=forces[lo:hi],
+                stress=frame_stress,
+                features=None if latent is None else latent[lo:hi],
+            )
+        )
+    return predictions
+
+
+def _build_model(config: ModelConfig, statistics: DataStatistics) -> torch.nn.Module:
+    """A fresh NequIPGNNModel (eval mode) from ``config``, seeded with ``config.seed``."""
+    import warnings
+
+    from nequip.model import NequIPGNNModel
+
+    ensure_nequip_state()
+    with warnings.catch_warnings():
+        # nequip warns about TorchScript/compile options irrelevant to eager CPU use
+        warnings.simplefilter("ignore", UserWarning)
+        model = NequIPGNNModel(
+            seed=config.seed,
+            model_dtype=config.model_dtype,
+            type_names=list(config.species),
+            r_max=config.r_max,
+            num_layers=config.num_layers,
+            l_max=config.l_max,
+            parity=config.parity,
+            num_features=config.num_features,
+            radial_mlp_width=config.radial_mlp_width,
+            radial_mlp_depth=config.radial_mlp_depth,
+            num_bessels=config.num_bessels,
+            polynomial_cutoff_p=config.polynomial_cutoff_p,
+            avg_num_neighbors=statistics.avg_num_neighbors,
+            per_type_energy_shifts=dict(statistics.energy_shifts),
+            per_type_energy_scales=dict(statistics.energy_scales),
+        )
+    model.eval()
+    return model
+
+
+class NequIPPotential:
+    """A NequIP potential for one species set.
+
+    Use :meth:`build` (fresh weights, statistics from data) or :meth:`load`; then :meth:`fit`,
+    :meth:`predict`, :meth:`calculator`, :meth:`save`.
+
+    Parameters
+    ----------
+    config : ModelConfig
+        Architecture and seed.
+    statistics : DataStatistics
+        Energy shifts/scales and average neighbour count baked into the model.
+    model : torch.nn.Module, optional
+        An existing NequIP ``GraphModel`` built from ``config`` and ``statistics``; a fresh one
+        is built when omitted.
+
+    Attributes
+    ----------
+    model : torch.nn.Module
+        The NequIP ``GraphModel`` (kept in eval mode outside :meth:`fit`).
+    history : TrainingHistory or None
+        What the last :meth:`fit` did.
+    """
+
+    def __init__(self, config: ModelConfig, statistics: DataStatistics, model: torch.nn.Module | None = None):
+        self._config = config
+        self.statistics = statistics
+        self.model = model if model is not None else _build_model(config, statistics)
+        self.converter = GraphConverter(config.species, config.r_max)
+        self.history: TrainingHistory | None = None
+
+    # --- properties ------------------------------------------------------------------------
+
+    @property
+    def config(self) -> ModelConfig:
+        """The :class:`ModelConfig` that built the model."""
+        return self._config
+
+    @property
+    def species(self) -> tuple[str, ...]:
+        """Chemical symbols the model knows, in type-index order."""
+        return self._config.species
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the latent features returned by :meth:`predict` (``num_features``)."""
+        return self._config.num_features
+
+    def __repr__(self) -> str:
+        c = self._config
+        return (
+            f"NequIPPotential(species={list(c.species)}, r_max={c.r_max}, num_layers={c.num_layers}, "
+            f"l_max={c.l_max}, num_features={c.num_features}, model_dtype={c.model_dtype!r}, seed={c.seed})"
+        )
+
+    # --- construction ----------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, config: ModelConfig, frames: Sequence[Atoms]) -> NequIPPotential:
+        """A new, untrained potential whose energy shift/scale and average neighbour count come
+        from ``frames``.
+
+        Parameters
+        ----------
+        config : ModelConfig
+            Architecture, species and seed.
+        frames : sequence of ase.Atoms
+            Labelled frames (energy and forces), typically the training set.
+
+        Raises
+        ------
+        DataError
+            If ``frames`` is empty, a frame is unlabelled, or holds an element not in
+            ``config.species``.
+        """
+        ensure_nequip_state()
+        converter = GraphConverter(config.species, config.r_max)
+        graphs = converter.labelled_graphs(frames, "statistics frames")
+        return cls(config, compute_statistics(frames, graphs, config.species))
+
+    # --- training --------------------------------------------------------------------------
+
+    def fit(
+        self,
+        train: Sequence[Atoms],
+        val: Sequence[Atoms] | None = None,
+        train_config: TrainConfig | None = None,
+        warm_start: bool = True,
+    ) -> NequIPPotential:
+        """Train on labelled frames; returns ``self``.
+
+        Parameters
+        ----------
+        train : sequence of ase.Atoms
+            Labelled training frames (energy, forces; stress is used where present).
+        val : sequence of ase.Atoms, optional
+            Labelled validation frames for the LR schedule, early stopping and the restored best
+            weights. Without them the training loss is monitored.
+        train_config : TrainConfig, optional
+            Defaults to ``TrainConfig()``.
+        warm_start : bool
+            True: continue from the current weights and keep the current statistics.
+            False: rebuild the model from ``config`` (same seed) with statistics recomputed from
+            ``train``, then train from scratch.
+
+        Raises
+        ------
+        DataError
+            If ``train`` is empty or a frame is unlabelled or has an unknown element.
+        """
+        train_config = train_config or TrainConfig()
+        if len(train) == 0:
+            raise DataError("fit needs at least one labelled training frame")
+        ensure_nequip_state()
+        train_graphs = self.converter.labelled_graphs(train, "training frames")
+        val_graphs = self.converter.labelled_graphs(val or [], "validation frames")
+        if not warm_start:
+            self.statistics = compute_statistics(train, train_graphs, self.species)
+            self.model = _build_model(self._config, self.statistics)
+        self.history = train_model(self.model, train_graphs, val_graphs, train_config)
+        return self
+
+    # --- inference ---------------------------------------------------------------------------
+
+    def predict(
+        self, frames: Sequence[Atoms] | Atoms, batch_size: int = 16, stress: bool = True, features: bool = True
+    ) -> list[Prediction]:
+        """Energy, forces, stress and latent features of each frame.
+
+        Parameters
+        ----------
+        frames : sequence of ase.Atoms, or one ase.Atoms
+            Configurations (labels, if any, are ignored).
+        batch_size : int
+            Frames per model call.
+        stress, features : bool
+            Whether to return the stress and the latent features.
+
+        Returns
+        -------
+        list of Prediction
+            One per frame, in order, float64.
+
+        Raises
+        ------
+        DataError
+            If a frame has an element not among :attr:`species`.
+        """
+        if isinstance(frames, Atoms):
+            frames = [frames]
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model.eval()
+        graphs = [self.converter.graph(atoms, f"frame {i}") for i, atoms in enumerate(frames)]
+        predictions: list[Prediction] = []
+        for start in range(0, len(graphs), batch_size):
+            out = self.model(batch_graphs(graphs[start : start + batch_size]))
+            predictions.extend(predictions_from_output(out, stress=stress, features=features))
+        return predictions
+
+    def calculator(self, **kwargs):
+        """An ASE calculator (energy, forces, stress, latent features) sharing this model.
+
+        Keyword arguments go to :class:`otf_statcut.mlip.calculator.PotentialCalculator`.
+        """
+        from .calculator import PotentialCalculator
+
+        return PotentialCalculator(self, **kwargs)
+
+    # --- persistence -------------------------------------------------------------------------
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``potential.json``, ``weights.pt`` (and ``history.json`` after a fit) into
+        ``directory`` (created if needed); returns the directory path."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        torch.save(state, directory / WEIGHTS_FILE)
+        meta = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "model_config": self._config.to_dict(),
+            "statistics": self.statistics.to_dict(),
+        }
+        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        if self.history is not None:
+            (directory / HISTORY_FILE).write_text(json.dumps(_json_safe(self.history.to_dict()), indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, species: Sequence[str] | None = None) -> NequIPPotential:
+        """Load a potential saved by :meth:`save`.
+
+        Parameters
+        ----------
+        directory : str or Path
+            The saved model directory.
+        species : sequence of str, optional
+            Species the caller expects; a model for another species set (compared as sets) is
+            refused.
+
+        Raises
+        ------
+        DataError
+            If the directory or a file in it is missing or unreadable, was written by something
+            else, or the model's species differ from ``species``.
+        """
+        directory = Path(directory)
+        meta_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        if not directory.is_dir():
+            raise DataError(f"{directory}: model directory not found")
+        for path in (meta_path, weights_path):
+            if not path.is_file():
+                raise DataError(f"{path}: missing; not a saved NequIPPotential directory")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DataError(f"{meta_path}: unreadable JSON ({exc})") from exc
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise DataError(f"{meta_path}: key 'format' must be {FORMAT!r}; not a saved NequIPPotential")
+        if meta.get("version") != FORMAT_VERSION:
+            raise DataError(f"{meta_path}: key 'version' is {meta.get('version')!r}, expected {FORMAT_VERSION}")
+        try:
+            config = ModelConfig.from_dict(meta["model_config"])
+            statistics = DataStatistics.from_dict(meta["statistics"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{meta_path}: invalid model_config/statistics ({exc})") from exc
+        if species is not None and set(species) != set(config.species):
+            raise DataError(
+                f"{directory}: model was trained for species {sorted(config.species)}, "
+                f"expected {sorted(set(species))}"
+            )
+        try:
+            state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for a corrupt/foreign file
+            raise DataError(f"{weights_path}: cannot load weights ({exc})") from exc
+        potential = cls(config, statistics)
+        try:
+            potential.model.load_state_dict(state, strict=True)
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            raise DataError(f"{weights_path}: weights do not match the model in {meta_path} ({exc})") from exc
+        potential.model.eval()
+        return potential
+
+    def copy(self, seed: int | None = None) -> NequIPPotential:
+        """A deep copy (same weights), or, with ``seed``, a freshly initialised model with the
+        same statistics and ``config.seed = seed`` (for ensembles)."""
+        if seed is not None:
+            return NequIPPotential(replace(self._config, seed=seed), self.statistics)
+        clone = NequIPPotential(self._config, self.statistics)
+        clone.model.load_state_dict(self.model.state_dict())
+        clone.model.eval()
+        return clone
+
+
+def _json_safe(value):
+    """Replace non-finite floats by None so the JSON is standard."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value

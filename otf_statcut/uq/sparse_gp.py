@@ -1,0 +1,266 @@
+"""Sparse variational Gaussian process of the per-atom force-error scale (paper SI 2.2).
+
+One GP per element maps the potential's latent features ``x`` (standardised with the training
+mean and standard deviation) to the **log force-error magnitude** ``y = log|F_pred − F_ref|`` of
+the training atoms, with a Gaussian likelihood. Regressing the logarithm keeps the output
+positive and turns the multiplicative spread of a Maxwell variable into additive noise
+(``Var[log e] = ψ'(3/2)/4 ≈ 0.23`` for Maxwell-distributed ``e``).
+
+Output: with the latent posterior ``f(x) ~ N(μ, v)`` for ``log e``, the Maxwell scale is
+``a = e / r`` with ``E[log r] = (ψ(3/2) + log 2)/2`` for a unit Maxwell ``r``, and the head
+returns the posterior mean of the scale,
+
+.. math::  s(x) = \\exp\\big(μ(x) + v(x)/2 − E[\\log r]\\big),
+
+which grows where the GP has no data (``v`` returns to the prior output scale) — then one
+prefactor A is fitted by Maxwell NLL on validation errors (σ = A·s).
+
+Inducing points start at k-means centres of the training features (``scipy.cluster.vq.kmeans2``,
+seeded) and are optimised with the kernel and variational parameters by Adam on the
+variational ELBO (``iterations`` steps, default 1000, mini-batches of ``batch_size`` atoms).
+
+dtypes: every tensor and module here is float64 explicitly, independent of torch's default
+dtype (which ``nequip``'s ``set_global_state()`` changes process-wide).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+import gpytorch
+import numpy as np
+import scipy.special
+import torch
+from scipy.cluster.vq import kmeans2
+
+from ..errors import ConfigError, DataError
+from .base import UncertaintyHead, element_groups, error_magnitudes, missing_element_error, split
+from .distance import _concat_features
+
+#: dtype of every GP tensor.
+DTYPE = torch.float64
+#: E[log r] for a unit-scale Maxwell variable r (chi with 3 degrees of freedom).
+MAXWELL_LOG_MEAN = 0.5 * (float(scipy.special.digamma(1.5)) + math.log(2.0))
+#: Error magnitudes below this (eV/Å) are clipped before the logarithm.
+ERROR_FLOOR = 1e-6
+
+
+def resolve_strategy(strategy) -> type:
+    """A gpytorch variational strategy class from a class or its name in ``gpytorch.variational``.
+
+    Raises
+    ------
+    ConfigError
+        If the name is not a variational strategy of gpytorch.
+    """
+    base = gpytorch.variational._VariationalStrategy
+    cls = getattr(gpytorch.variational, strategy, None) if isinstance(strategy, str) else strategy
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        allowed = sorted(n for n in dir(gpytorch.variational)
+                         if isinstance(getattr(gpytorch.variational, n), type)
+                         and issubclass(getattr(gpytorch.variational, n), base)
+                         and "Strategy" in n)
+        raise ConfigError(f"gp head: key 'strategy' is {strategy!r}, expected one of {allowed}")
+    return cls
+
+
+class ErrorGP(gpytorch.models.ApproximateGP):
+    """Approximate GP with constant mean and an ARD RBF kernel.
+
+    Parameters
+    ----------
+    inducing_points : torch.Tensor, shape (m, d)
+        Initial inducing locations (float64).
+    strategy : type
+        A gpytorch variational strategy class, called as
+        ``strategy(model, inducing_points, variational_distribution, learn_inducing_locations=True)``.
+    """
+
+    def __init__(self, inducing_points: torch.Tensor, strategy: type = gpytorch.variational.VariationalStrategy):
+        m, d = inducing_points.shape
+        distribution = gpytorch.variational.CholeskyVariationalDistribution(m)
+        super().__init__(strategy(self, inducing_points, distribution, learn_inducing_locations=True))
+        self.mean_module = gpytorch.means.ConstantMean()
+        self.covar_module = gpytorch.kernels.ScaleKernel(gpytorch.kernels.RBFKernel(ard_num_dims=d))
+
+    def forward(self, x: torch.Tensor) -> gpytorch.distributions.MultivariateNormal:
+        return gpytorch.distributions.MultivariateNormal(self.mean_module(x), self.covar_module(x))
+
+
+class ElementGP:
+    """The GP of one element on arrays: ``fit(features, errors)``, ``scale(features)``.
+
+    Parameters
+    ----------
+    num_inducing : int
+        Number of inducing points (k-means centres; fewer if there are fewer atoms).
+    iterations : int
+        Adam steps on the ELBO.
+    learning_rate : float
+        Adam learning rate.
+    batch_size : int
+        Atoms per mini-batch (all atoms when fewer).
+    seed : int
+        Seeds k-means and the mini-batch order.
+    strategy : type
+        gpytorch variational strategy class.
+    """
+
+    def __init__(self, num_inducing: int = 64, iterations: int = 1000, learning_rate: float = 0.02,
+                 batch_size: int = 1024, seed: int = 0,
+                 strategy: type = gpytorch.variational.VariationalStrategy) -> None:
+        self.num_inducing = int(num_inducing)
+        self.iterations = int(iterations)
+        self.learning_rate = float(learning_rate)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.strategy = strategy
+        self.model_: ErrorGP | None = None
+        self.likelihood_: gpytorch.likelihoods.GaussianLikelihood | None = None
+        self.x_mean_: torch.Tensor | None = None
+        self.x_std_: torch.Tensor | None = None
+        self.loss_history_: list[float] = []
+
+    def _standardise(self, features: np.ndarray) -> torch.Tensor:
+        x = torch.as_tensor(np.asarray(features), dtype=DTYPE)
+        return (x - self.x_mean_) / self.x_std_
+
+    def _build(self, inducing: torch.Tensor) -> None:
+        self.model_ = ErrorGP(inducing.to(DTYPE), self.strategy).to(DTYPE)
+        self.likelihood_ = gpytorch.likelihoods.GaussianLikelihood().to(DTYPE)
+
+    def fit(self, features: np.ndarray, errors: np.ndarray) -> ElementGP:
+        """Train on training-atom features (n, d) and force-error magnitudes (n,) in eV/Å."""
+        features = np.asarray(features, dtype=np.float64)
+        errors = np.asarray(errors, dtype=np.float64).ravel()
+        n, d = features.shape
+        if n < 2 or errors.shape[0] != n:
+            raise DataError(f"a GP needs at least 2 atoms with matching errors, got {n} features, {errors.size} errors")
+        self.x_mean_ = torch.as_tensor(features.mean(axis=0), dtype=DTYPE)
+        self.x_std_ = torch.as_tensor(np.maximum(features.std(axis=0), 1e-8), dtype=DTYPE)
+        x = self._standardise(features)
+        y = torch.as_tensor(np.log(np.maximum(errors, ERROR_FLOOR)), dtype=DTYPE)
+
+        k = min(self.num_inducing, n)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # kmeans2 warns on empty clusters; '++' init re-seeds them
+            centres, _ = kmeans2(x.numpy(), k, iter=20, minit="++", seed=np.random.default_rng(self.seed))
+        self._build(torch.as_tensor(centres, dtype=DTYPE))
+        model, likelihood = self.model_, self.likelihood_
+        model.mean_module.constant = float(y.mean())
+        model.covar_module.outputscale = max(float(y.var()), 1e-3)
+        model.covar_module.base_kernel.lengthscale = math.sqrt(d)
+        likelihood.noise = max(0.5 * float(y.var()), 1e-3)
+
+        model.train()
+        likelihood.train()
+        elbo = gpytorch.mlls.VariationalELBO(likelihood, model, num_data=n)
+        optimiser = torch.optim.Adam([*model.parameters(), *likelihood.parameters()], lr=self.learning_rate)
+        generator = torch.Generator().manual_seed(self.seed)
+        batch = min(self.batch_size, n)
+        self.loss_history_ = []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)  # the variational mean's initial jitter
+            for _ in range(self.iterations):
+                idx = torch.randperm(n, generator=generator)[:batch] if batch < n else slice(None)
+                optimiser.zero_grad()
+                loss = -elbo(model(x[idx]), y[idx])
+                loss.backward()
+                optimiser.step()
+                self.loss_history_.append(float(loss.detach()))
+        model.eval()
+        likelihood.eval()
+        return self
+
+    def latent(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and variance of log error magnitude, each (n,)."""
+        if self.model_ is None:
+            raise DataError("the GP is not fitted")
+        with torch.no_grad():
+            f = self.model_(self._standardise(features))
+            return f.mean.numpy(), f.variance.numpy()
+
+    def scale(self, features: np.ndarray) -> np.ndarray:
+        """Posterior-mean Maxwell scale ``exp(μ + v/2 − E[log r])`` in eV/Å, shape (n,)."""
+        mu, var = self.latent(features)
+        return np.exp(mu + 0.5 * var - MAXWELL_LOG_MEAN)
+
+    # ---------------------------------------------------------------- persistence
+    def state(self) -> dict:
+        """Tensors describing the fitted GP."""
+        return {
+            "model": self.model_.state_dict(),
+            "likelihood": self.likelihood_.state_dict(),
+            "x_mean": self.x_mean_,
+            "x_std": self.x_std_,
+        }
+
+    def set_state(self, state: dict) -> ElementGP:
+        """Restore what :meth:`state` returned."""
+        self.x_mean_ = state["x_mean"].to(DTYPE)
+        self.x_std_ = state["x_std"].to(DTYPE)
+        inducing = state["model"]["variational_strategy.inducing_points"]
+        self._build(torch.zeros_like(inducing, dtype=DTYPE))
+        self.model_.load_state_dict(state["model"])
+        self.likelihood_.load_state_dict(state["likelihood"])
+        self.model_.eval()
+        self.likelihood_.eval()
+        return self
+
+
+class SparseGPHead(UncertaintyHead):
+    """Sparse-GP head: one :class:`ElementGP` per element on the potential's latent features.
+
+    Trained on the training frames' per-atom error magnitudes, calibrated (prefactor A) on the
+    validation frames.
+
+    Parameters
+    ----------
+    strategy : type or str, default ``gpytorch.variational.VariationalStrategy``
+        Variational strategy class (or its name in ``gpytorch.variational``).
+    num_inducing : int, default 64
+    iterations : int, default 1000
+    learning_rate : float, default 0.02
+    batch_size : int, default 1024
+    seed : int, default 0
+    """
+
+    name = "gp"
+    needs_features = True
+
+    def __init__(self, strategy=gpytorch.variational.VariationalStrategy, num_inducing: int = 64,
+                 iterations: int = 1000, learning_rate: float = 0.02, batch_size: int = 1024,
+                 seed: int = 0) -> None:
+        self.strategy = resolve_strategy(strategy)
+        super().__init__(num_inducing=int(num_inducing), iterations=int(iterations),
+                         learning_rate=float(learning_rate), batch_size=int(batch_size), seed=int(seed))
+        self.gps_: dict[int, ElementGP] = {}
+
+    def _element_gp(self) -> ElementGP:
+        return ElementGP(strategy=self.strategy, **self.settings)
+
+    def _fit(self, train_frames, train_predictions, val_frames, val_predictions) -> None:
+        features, numbers = _concat_features(train_frames, train_predictions)
+        errors = np.concatenate(error_magnitudes(train_frames, train_predictions))
+        self.gps_ = {z: self._element_gp().fit(features[idx], errors[idx])
+                     for z, idx in element_groups(numbers).items()}
+
+    def _raw_sigma(self, frames, predictions) -> list[np.ndarray]:
+        features, numbers = _concat_features(frames, predictions)
+        out = np.empty(len(numbers), dtype=np.float64)
+        for z, idx in element_groups(numbers).items():
+            if z not in self.gps_:
+                raise missing_element_error(z, "sparse-GP head")
+            out[idx] = self.gps_[z].scale(features[idx])
+        return split(out, frames)
+
+    def _json_settings(self) -> dict:
+        return {"strategy": self.strategy.__name__, **self.settings}
+
+    def _state(self, directory) -> dict:
+        return {f"gp_{z}": gp.state() for z, gp in self.gps_.items()}
+
+    def _set_state(self, state, directory) -> None:
+        self.gps_ = {int(key.split("_")[1]): self._element_gp().set_state(value)
+                     for key, value in state.items()}
+

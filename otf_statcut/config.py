@@ -1,0 +1,671 @@
+"""The run input file (``otf-statcut run input.yaml``): schema, defaults, validation.
+
+Read once by :func:`load_run_config` into frozen dataclasses; every default is defined once, as
+a dataclass field default below (the model and training defaults live in
+:class:`~otf_statcut.mlip.ModelConfig` / :class:`~otf_statcut.mlip.TrainConfig`, the labeller
+defaults in :mod:`otf_statcut.labelers.registry`, the head defaults in the head classes).
+Every mistake raises :class:`~otf_statcut.errors.ConfigError` with one line naming the file,
+the key path (``md.temperature_K``), the value and what is allowed; an unknown key gets a
+"did you mean" suggestion. Only ``yaml.safe_load`` is used, and nothing named in the file is
+imported.
+
+Relative paths (``system.structure``, ``initial_data.file``, ``output.folder``) are resolved
+against the folder of the input file, so an input works from any current directory.
+
+Example (every section optional except ``system``)::
+
+    system:
+      builder: {element: Li, lattice: bcc, a: 3.44, supercell: [2, 2, 2], vacancies: 0}
+      # structure: start.extxyz          # or: any file ASE reads (first frame)
+    md:
+      ensemble: langevin                 # langevin | npt | velocity_verlet | bussi | nose_hoover
+      temperature_K: 600
+      pressure_GPa: 0.0                  # npt only
+      timestep_fs: 1.0
+      steps: 1000
+      friction: 0.01                     # 1/fs (langevin)
+      taut_fs: 100.0                     # thermostat time (bussi, nose_hoover, npt)
+      taup_fs: 1000.0                    # barostat time (npt)
+      seed: 0
+    initial_data:
+      rattled: 8                         # k labels of rattled copies of the start structure ...
+      rattle_stdev: 0.1                  # Å
+      strain: 0.0                        # ± fractional isotropic strain of those copies
+      # file: labelled.extxyz            # ... or labelled frames from a file
+      val_fraction: 0.25                 # of the initial and of every new label
+    mlip:
+      model: {num_features: 16}          # ModelConfig fields (species come from the system)
+      train: {max_epochs: 100}           # TrainConfig fields
+      threads: null                      # torch threads (null: 1 under mpiexec, else torch's)
+    head: {name: distance, settings: {}} # ensemble | gp | distance | oracle | random
+    labeler:
+      name: gpaw                         # gpaw | emt | lj | morse | lammps-snap
+      settings: {ecut: 200, kpts: [2, 2, 2]}
+      retries: 1
+      max_force: 100.0                   # eV/Å; a larger force is an absurd label
+    cutoffs:
+      max_error: 1.0                     # eV/Å, mapped onto the uncertainty scale (maximum cutoff)
+      candidates: [maxwell, gamma, gengamma]
+      robust: false
+      n: run                             # run: steps × atoms | remaining | an integer
+    retrain:
+      every: 10                          # new labels between retrains (and after every halt)
+      warm_start: true
+      train: {max_epochs: 40}            # TrainConfig overrides for retraining
+    output:
+      folder: runs/quickstart
+      trajectory_every: 1
+      checkpoint_every: 10
+      progress: true
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from .errors import ConfigError, DataError
+
+__all__ = [
+    "ENSEMBLES",
+    "LATTICES",
+    "N_POLICIES",
+    "BuilderConfig",
+    "SystemConfig",
+    "MDConfig",
+    "InitialDataConfig",
+    "MLIPConfig",
+    "HeadConfig",
+    "LabelerConfig",
+    "CutoffsConfig",
+    "RetrainConfig",
+    "OutputConfig",
+    "RunConfig",
+    "load_run_config",
+    "parse_run_config",
+]
+
+#: Dynamics a run may use (``md.ensemble``).
+ENSEMBLES = ("langevin", "npt", "velocity_verlet", "bussi", "nose_hoover")
+#: Lattices the structure builder knows (``system.builder.lattice``), as in ``ase.build.bulk``.
+LATTICES = ("bcc", "fcc", "hcp", "sc", "diamond")
+#: Words allowed for ``cutoffs.n`` besides an integer.
+N_POLICIES = ("run", "remaining")
+HEADS = ("ensemble", "gp", "distance", "oracle", "random")
+FAMILIES = ("maxwell", "gamma", "gengamma")
+
+
+def _spec(default=dataclasses.MISSING, *, check=None, expected: str = "", factory=None):
+    """A dataclass field with a validity check: ``check(value) -> bool``; ``expected`` says what is allowed."""
+    meta = {"check": check, "expected": expected}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _positive(x):
+    return x > 0
+
+
+def _nonneg(x):
+    return x >= 0
+
+
+# ------------------------------------------------------------------------------ sections
+@dataclass(frozen=True)
+class BuilderConfig:
+    """A bulk crystal built with ``ase.build.bulk``.
+
+    Attributes
+    ----------
+    element : str
+        Chemical symbol.
+    lattice : {"bcc", "fcc", "hcp", "sc", "diamond"}
+    a : float or None
+        Lattice constant, Å (None: ASE's reference value).
+    c : float or None
+        Second lattice constant for hcp, Å.
+    supercell : (int, int, int)
+        Repetitions of the (cubic, where possible) unit cell.
+    cubic : bool
+        Use the conventional cubic cell (orthorhombic for hcp).
+    vacancies : int
+        Atoms removed at random (seeded with ``seed``).
+    seed : int
+        Seed of the vacancy choice.
+    """
+
+    element: str
+    lattice: Literal["bcc", "fcc", "hcp", "sc", "diamond"] = "bcc"
+    a: float | None = _spec(None, check=lambda x: x is None or x > 0, expected="a lattice constant > 0 (Å) or null")
+    c: float | None = _spec(None, check=lambda x: x is None or x > 0, expected="a lattice constant > 0 (Å) or null")
+    supercell: tuple[int, int, int] = _spec((2, 2, 2), check=lambda t: min(t) >= 1,
+                                            expected="three integers >= 1")
+    cubic: bool = True
+    vacancies: int = _spec(0, check=_nonneg, expected="an integer >= 0")
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SystemConfig:
+    """The starting structure: a file (first frame) or a builder; exactly one of them."""
+
+    structure: Path | None = None
+    builder: BuilderConfig | None = None
+
+
+@dataclass(frozen=True)
+class MDConfig:
+    """The dynamics (ASE), in fs, K, GPa.
+
+    Attributes
+    ----------
+    ensemble : {"langevin", "npt", "velocity_verlet", "bussi", "nose_hoover"}
+        ``npt`` is ASE's isotropic MTK barostat with a Nosé-Hoover chain (needs stress).
+    temperature_K : float
+        Target temperature (and of the initial Maxwell-Boltzmann velocities).
+    pressure_GPa : float
+        External pressure (npt only).
+    timestep_fs, steps
+        Time step and number of MD steps of the whole run.
+    friction : float
+        Langevin friction, 1/fs.
+    taut_fs, taup_fs : float
+        Thermostat (bussi, nose_hoover, npt) and barostat (npt) time constants, fs.
+    seed : int
+        Seed of the initial velocities and of the thermostat's random numbers.
+    """
+
+    ensemble: Literal["langevin", "npt", "velocity_verlet", "bussi", "nose_hoover"] = "langevin"
+    temperature_K: float = _spec(300.0, check=_positive, expected="a temperature > 0 (K)")
+    pressure_GPa: float = 0.0
+    timestep_fs: float = _spec(1.0, check=_positive, expected="a time step > 0 (fs)")
+    steps: int = _spec(1000, check=lambda x: x >= 1, expected="an integer >= 1")
+    friction: float = _spec(0.01, check=_positive, expected="a friction > 0 (1/fs)")
+    taut_fs: float = _spec(100.0, check=_positive, expected="a time > 0 (fs)")
+    taup_fs: float = _spec(1000.0, check=_positive, expected="a time > 0 (fs)")
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class InitialDataConfig:
+    """The labelled frames the first model is trained on.
+
+    Attributes
+    ----------
+    file : Path or None
+        Labelled frames (extxyz, ASE db, ...) to start from; when None, ``rattled`` copies of
+        the starting structure are labelled.
+    rattled : int
+        Number of rattled copies to label (>= 2: at least one trains, one validates).
+    rattle_stdev : float
+        Standard deviation of the Gaussian displacements, Å.
+    strain : float
+        Each copy's cell is scaled by a random factor in ``1 ± strain`` (isotropic).
+    val_fraction : float
+        Fraction of the initial frames, and of later labels, used for validation (head
+        calibration, cutoff fits, early stopping).
+    seed : int
+        Seed of the displacements, strains and the split.
+    """
+
+    file: Path | None = None
+    rattled: int = _spec(8, check=lambda x: x >= 2, expected="an integer >= 2")
+    rattle_stdev: float = _spec(0.1, check=_positive, expected="a displacement > 0 (Å)")
+    strain: float = _spec(0.0, check=lambda x: 0 <= x < 0.5, expected="a fraction in [0, 0.5)")
+    val_fraction: float = _spec(0.25, check=lambda x: 0 < x < 1, expected="a fraction in (0, 1)")
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class MLIPConfig:
+    """NequIP settings: ``model`` holds ModelConfig fields except ``species``; ``train`` TrainConfig fields."""
+
+    model: Mapping[str, Any] = _spec(factory=dict)
+    train: Mapping[str, Any] = _spec(factory=dict)
+    threads: int | None = _spec(None, check=lambda x: x is None or x >= 1, expected="an integer >= 1 or null")
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Uncertainty head by registry name, with its constructor settings."""
+
+    name: Literal["ensemble", "gp", "distance", "oracle", "random"] = "distance"
+    settings: Mapping[str, Any] = _spec(factory=dict)
+
+
+@dataclass(frozen=True)
+class LabelerConfig:
+    """Reference method by registry name, with its settings (see :mod:`otf_statcut.labelers.registry`).
+
+    Attributes
+    ----------
+    name : {"gpaw", "emt", "lj", "morse", "lammps-snap"}
+    settings : dataclass
+        The labeller's settings dataclass (e.g. :class:`~otf_statcut.labelers.gpaw.GPAWSettings`).
+    retries : int
+        Extra attempts after a failed label.
+    max_force : float
+        Largest accepted force on an atom, eV/Å.
+    """
+
+    name: Literal["gpaw", "emt", "lj", "morse", "lammps-snap"] = "gpaw"
+    settings: Any = None
+    retries: int = _spec(1, check=_nonneg, expected="an integer >= 0")
+    max_force: float = _spec(100.0, check=_positive, expected="a force > 0 (eV/Å)")
+
+
+@dataclass(frozen=True)
+class CutoffsConfig:
+    """Statistical cutoffs.
+
+    Attributes
+    ----------
+    max_error : float
+        Error bound (eV/Å) mapped onto the uncertainty scale as the maximum cutoff.
+    candidates : tuple of str
+        Families fitted to the validation σ (best KS p-value wins).
+    robust : bool
+        Trimmed (robust) fits.
+    n : "run", "remaining" or int
+        The sampling-set size N of the minimum cutoff (CDF = 1 - 1/N), i.e. how many per-atom
+        σ values the run screens: ``run`` = ``md.steps × n_atoms`` (fixed for the run),
+        ``remaining`` = (steps left) × n_atoms at each refit (at least n_atoms), or a fixed
+        integer.
+    """
+
+    max_error: float = _spec(1.0, check=_positive, expected="an error bound > 0 (eV/Å; .inf for none)")
+    candidates: tuple[str, ...] = _spec(FAMILIES, check=lambda t: len(t) > 0 and set(t) <= set(FAMILIES),
+                                        expected=f"a non-empty list from {list(FAMILIES)}")
+    robust: bool = False
+    n: Union[int, str] = _spec("run", check=lambda x: x in N_POLICIES if isinstance(x, str) else x >= 2,
+                               expected=f"one of {list(N_POLICIES)} or an integer >= 2")
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """When and how the model is retrained during the run.
+
+    Attributes
+    ----------
+    every : int
+        Retrain after this many new labels (a maximum-cutoff event always retrains at once).
+    warm_start : bool
+        Continue from the current weights (True) or retrain from scratch (False).
+    train : mapping
+        TrainConfig fields overriding ``mlip.train`` for retraining (e.g. fewer epochs).
+    """
+
+    every: int = _spec(10, check=lambda x: x >= 1, expected="an integer >= 1")
+    warm_start: bool = True
+    train: Mapping[str, Any] = _spec(factory=dict)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Where and how often the run writes.
+
+    Attributes
+    ----------
+    folder : Path
+        Run folder (``run.h5``, ``models/``, ``checkpoint/``).
+    trajectory_every : int
+        Write a trajectory row every this many steps (labelled steps are always written).
+    checkpoint_every : int
+        Write a checkpoint (positions, momenta, thermostat RNG, model) every this many steps.
+    progress : bool
+        Show a progress bar on stderr.
+    """
+
+    folder: Path = Path("otf-run")
+    trajectory_every: int = _spec(1, check=lambda x: x >= 1, expected="an integer >= 1")
+    checkpoint_every: int = _spec(10, check=lambda x: x >= 1, expected="an integer >= 1")
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A validated run input.
+
+    Attributes
+    ----------
+    source : Path or None
+        The input file (None when parsed from a mapping).
+    text : str
+        The input as written (stored in the run's HDF5 file).
+    """
+
+    system: SystemConfig
+    md: MDConfig = MDConfig()
+    initial_data: InitialDataConfig = InitialDataConfig()
+    mlip: MLIPConfig = MLIPConfig()
+    head: HeadConfig = HeadConfig()
+    labeler: LabelerConfig = LabelerConfig()
+    cutoffs: CutoffsConfig = CutoffsConfig()
+    retrain: RetrainConfig = RetrainConfig()
+    output: OutputConfig = OutputConfig()
+    source: Path | None = field(default=None, compare=False)
+    text: str = field(default="", compare=False)
+
+    def model_config(self, species):
+        """The :class:`~otf_statcut.mlip.ModelConfig` for the run's species."""
+        from .mlip import ModelConfig
+
+        return ModelConfig(species=tuple(species), **dict(self.mlip.model))
+
+    def train_config(self, retrain: bool = False):
+        """The :class:`~otf_statcut.mlip.TrainConfig` of the first fit, or of retraining."""
+        from .mlip import TrainConfig
+
+        values = dict(self.mlip.train)
+        if retrain:
+            values.update(self.retrain.train)
+        return TrainConfig(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Resolved settings as JSON-ready data (paths as strings)."""
+        return _plain(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+_SECTIONS = {"system": SystemConfig, "md": MDConfig, "initial_data": InitialDataConfig, "mlip": MLIPConfig,
+             "head": HeadConfig, "labeler": LabelerConfig, "cutoffs": CutoffsConfig,
+             "retrain": RetrainConfig, "output": OutputConfig}
+
+
+# ------------------------------------------------------------------------------ loading
+def load_run_config(path) -> RunConfig:
+    """Read and validate a run input YAML file.
+
+    Raises
+    ------
+    DataError
+        If the file (or a file it names) does not exist.
+    ConfigError
+        For invalid YAML or any invalid key or value (one line naming file, key, value, allowed).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: run input file not found")
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{at}: {problem}") from None
+    return parse_run_config(data, source=path, text=text)
+
+
+def parse_run_config(data: Any, *, source: Path | None = None, text: str = "") -> RunConfig:
+    """Validate an already-parsed input mapping (see :func:`load_run_config`)."""
+    ctx = _Context(str(source) if source is not None else "run input",
+                   source.parent if source is not None else Path.cwd())
+    if not isinstance(data, Mapping):
+        raise ctx.error("", data, "a mapping with at least the key 'system'"
+                        if data is not None else "a mapping with at least the key 'system' (the file is empty)")
+    _check_keys(data, list(_SECTIONS), "", ctx)
+    if "system" not in data:
+        raise ConfigError(f"{ctx.where}: missing section 'system' (give system.structure or system.builder)")
+    sections = {name: _build(cls, data.get(name), name, ctx) for name, cls in _SECTIONS.items()}
+    config = RunConfig(**sections, source=source, text=text)
+    _cross_checks(config, data, ctx)
+    return config
+
+
+class _Context:
+    def __init__(self, where: str, base: Path):
+        self.where = where
+        self.base = base
+
+    def error(self, path: str, value: Any, expected: str) -> ConfigError:
+        key = path or "(top level)"
+        return ConfigError(f"{self.where}: {key} = {_show(value)} is invalid; expected {expected}")
+
+
+def _show(value: Any) -> str:
+    text = repr(value) if not isinstance(value, Mapping) else "{" + ", ".join(map(str, value)) + "}"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_keys(mapping: Mapping, allowed: list[str], prefix: str, ctx: _Context) -> None:
+    for key in mapping:
+        if key in allowed:
+            continue
+        close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(f"{ctx.where}: unknown key {prefix}{key}; {hint}allowed: {', '.join(allowed)}")
+
+
+def _build(cls, value: Any, path: str, ctx: _Context):
+    """Build dataclass ``cls`` from a mapping (None: defaults), checking keys, types and values."""
+    if value is None:
+        value = {}
+    if not isinstance(value, Mapping):
+        raise ctx.error(path, value, f"a mapping of {', '.join(f.name for f in dataclasses.fields(cls))}")
+    fields = [f for f in dataclasses.fields(cls) if f.init and f.name not in ("source", "text")]
+    names = [f.name for f in fields]
+    _check_keys(value, names, path + "." if path else "", ctx)
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in fields:
+        key = f"{path}.{f.name}" if path else f.name
+        if f.name not in value:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{ctx.where}: missing key {key}")
+            continue
+        special = _SPECIAL.get((cls, f.name))
+        converted = special(value, key, ctx) if special else _convert(value[f.name], hints[f.name], key, ctx)
+        check = f.metadata.get("check")
+        if check is not None and converted is not None and not check(converted):
+            raise ctx.error(key, value[f.name], f.metadata["expected"])
+        kwargs[f.name] = converted
+    return cls(**kwargs)
+
+
+def _convert(value: Any, hint: Any, path: str, ctx: _Context):
+    """Convert a YAML value to the annotated type, or raise a ConfigError naming ``path``."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        last = None
+        for option in options:
+            try:
+                return _convert(value, option, path, ctx)
+            except ConfigError as exc:
+                last = exc
+        if len(options) == 1:
+            raise last
+        raise ctx.error(path, value, " or ".join(_describe(a) for a in args))
+    if origin is Literal:
+        if value in args:
+            return value
+        close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1, cutoff=0.6)
+        hint_text = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ctx.error(path, value, f"one of {', '.join(map(str, args))}{hint_text}")
+    if origin is tuple:
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            if len(args) == 2 and args[1] is Ellipsis:
+                value = [value]  # a single item where a list is expected
+            else:
+                raise ctx.error(path, value, _describe(hint))
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{path}[{i}]", ctx) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ctx.error(path, value, _describe(hint))
+        return tuple(_convert(v, a, f"{path}[{i}]", ctx) for i, (v, a) in enumerate(zip(value, args)))
+    if origin in (Mapping, dict) or hint in (Mapping, dict):
+        if value is None:
+            return types.MappingProxyType({})
+        if not isinstance(value, Mapping):
+            raise ctx.error(path, value, "a mapping")
+        return types.MappingProxyType(dict(value))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ctx.error(path, value, "true or false")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ctx.error(path, value, "an integer")
+    if hint is float:
+        if isinstance(value, str):
+            try:
+                return float(value)  # PyYAML reads 1e-3 (no dot) as a string
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ctx.error(path, value, "a number")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ctx.error(path, value, "a string")
+    if hint is Path:
+        if isinstance(value, str) and value:
+            return (ctx.base / value).resolve()
+        raise ctx.error(path, value, "a file or folder path")
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, path, ctx)
+    if hint is Any:
+        return value
+    raise TypeError(f"config.py cannot convert type {hint!r} (at {path})")  # a bug in this module
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is type(None):
+        return "null"
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
+        return f"a list of {len(args)} {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            Path: "a path"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+# ------------------------------------------------------------------------------ special fields
+def _labeler_settings(section: Mapping, path: str, ctx: _Context):
+    """``labeler.settings`` is validated against the settings dataclass of ``labeler.name``."""
+    from .labelers.registry import settings_class
+
+    cls = settings_class(section.get("name", LabelerConfig.name))  # the name was checked before
+    try:
+        return _build(cls, section.get("settings"), path, ctx)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as exc:  # a settings class's own __post_init__ check
+        raise ConfigError(f"{ctx.where}: {path}: {exc}") from None
+
+
+def _mlip_fields(cls_name: str):
+    def convert(section: Mapping, path: str, ctx: _Context):
+        import otf_statcut.mlip as mlip
+
+        cls = getattr(mlip, cls_name)
+        value = section.get(path.rsplit(".", 1)[1])
+        if value is None:
+            return types.MappingProxyType({})
+        if not isinstance(value, Mapping):
+            raise ctx.error(path, value, f"a mapping of {cls_name} fields")
+        skip = ("species",) if cls_name == "ModelConfig" else ()
+        allowed = [f.name for f in dataclasses.fields(cls) if f.name not in skip]
+        if "species" in value and skip:
+            raise ConfigError(f"{ctx.where}: {path}.species is not allowed: the species come from the system "
+                              "and the initial data")
+        _check_keys(value, allowed, path + ".", ctx)
+        hints = typing.get_type_hints(cls)
+        out = {k: _convert(v, hints[k], f"{path}.{k}", ctx) for k, v in value.items()}
+        try:
+            cls(**({"species": ("H",)} if skip else {}), **out)
+        except (ConfigError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{ctx.where}: {path}: {exc}") from None
+        return types.MappingProxyType(out)
+
+    return convert
+
+
+def _head_settings(section: Mapping, path: str, ctx: _Context):
+    """``head.settings`` must be constructor arguments of the named head."""
+    import inspect
+
+    value = section.get("settings")
+    if value is None:
+        return types.MappingProxyType({})
+    if not isinstance(value, Mapping):
+        raise ctx.error(path, value, "a mapping of head settings")
+    name = section.get("name", HeadConfig.name)
+    if name not in HEADS:
+        return types.MappingProxyType(dict(value))  # the name itself is reported by the 'name' field
+    from .uq import HEADS as registry
+
+    cls = registry[name]
+    allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "settings")]
+    _check_keys(value, allowed, path + ".", ctx)
+    try:
+        cls(**value)
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{ctx.where}: {path}: {exc}") from None
+    return types.MappingProxyType(dict(value))
+
+
+_SPECIAL = {
+    (LabelerConfig, "settings"): _labeler_settings,
+    (MLIPConfig, "model"): _mlip_fields("ModelConfig"),
+    (MLIPConfig, "train"): _mlip_fields("TrainConfig"),
+    (RetrainConfig, "train"): _mlip_fields("TrainConfig"),
+    (HeadConfig, "settings"): _head_settings,
+}
+
+
+def _cross_checks(config: RunConfig, data: Mapping, ctx: _Context) -> None:
+    system = config.system
+    if (system.structure is None) == (system.builder is None):
+        raise ConfigError(f"{ctx.where}: system: give exactly one of system.structure (a file) "
+                          "or system.builder (element, lattice, ...)")
+    if system.structure is not None and not system.structure.is_file():
+        raise DataError(f"{ctx.where}: system.structure: file {system.structure} not found")
+    if system.builder is not None:
+        from ase.data import atomic_numbers
+
+        if system.builder.element not in atomic_numbers or system.builder.element == "X":
+            raise ctx.error("system.builder.element", system.builder.element, "a chemical symbol such as 'Li'")
+    init = data.get("initial_data") or {}
+    if isinstance(init, Mapping) and "file" in init and "rattled" in init:
+        raise ConfigError(f"{ctx.where}: initial_data: give initial_data.file or initial_data.rattled, not both")
+    if config.initial_data.file is not None and not config.initial_data.file.is_file():
+        raise DataError(f"{ctx.where}: initial_data.file: file {config.initial_data.file} not found")
+    if config.labeler.settings is None:  # no 'settings' key: the labeller's defaults
+        from .labelers.registry import settings_class
+
+        object.__setattr__(config.labeler, "settings", settings_class(config.labeler.name)())
+    if not config.output.folder.is_absolute():  # the default folder, like given ones, sits beside the input
+        object.__setattr__(config.output, "folder", (ctx.base / config.output.folder).resolve())
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if f.name not in ("source", "text")}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value

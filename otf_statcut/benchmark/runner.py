@@ -1,0 +1,154 @@
+"""Run a whole benchmark: every dataset × method, in turn or spread over MPI ranks.
+
+``otf-statcut benchmark input.yaml`` runs every (dataset, method) pair in turn. Launched as
+``mpiexec -n K otf-statcut benchmark input.yaml``, the pairs are dealt round-robin to the K
+ranks (datasets first, so with one method per dataset each rank takes whole datasets, as in the
+paper's second test); each rank trains its own models with ``threads`` torch threads. All ranks
+write to the one results file, one locked write per iteration (see
+:mod:`otf_statcut.io.benchmark_results`); rank 0 writes the CSV summary at the end.
+
+Output folder::
+
+    results.h5          per dataset/method/iteration records and arrays (resumable)
+    summary.csv         one row per dataset/method
+    checkpoints/        warm-start weights of the last completed iteration of each run
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from otf_statcut.errors import UserError
+from otf_statcut.io.benchmark_results import BenchmarkResults, MethodSummary, write_summary_csv
+
+from .config import BenchmarkConfig
+from .protocol import Observer, run_method
+from .replay import load_sampling_set
+
+__all__ = ["run_benchmark", "RESULTS_FILE", "SUMMARY_FILE", "CHECKPOINT_DIR", "world"]
+
+log = logging.getLogger("otf_statcut.benchmark")
+
+RESULTS_FILE = "results.h5"
+SUMMARY_FILE = "summary.csv"
+CHECKPOINT_DIR = "checkpoints"
+_MPI_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_SIZE")
+
+
+def world():
+    """``MPI.COMM_WORLD`` when launched by ``mpiexec`` with more than one rank, else None.
+
+    mpi4py is imported only when an MPI launcher's environment says there are several ranks, so
+    a plain run never initialises MPI.
+    """
+    sizes = [os.environ.get(k) for k in _MPI_SIZE_VARIABLES]
+    if not any(s is not None and s.isdigit() and int(s) > 1 for s in sizes):
+        return None
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    return comm if comm.Get_size() > 1 else None
+
+
+def run_benchmark(config: BenchmarkConfig, output, *, restart: bool = False, comm=None,
+                  observers: Sequence[Observer] = (), progress: bool = True) -> list[MethodSummary]:
+    """Run every dataset × method of a benchmark, resuming from ``output`` if it holds results.
+
+    Parameters
+    ----------
+    config : BenchmarkConfig
+        The validated input.
+    output : str or Path
+        Output folder (created).
+    restart : bool
+        Discard existing results and checkpoints in ``output`` first.
+    comm : mpi4py communicator, optional
+        Ranks to spread the runs over; by default :func:`world` (None: run in turn).
+    observers : sequence of callables
+        Passed to :func:`~otf_statcut.benchmark.protocol.run_method`.
+    progress : bool
+        Show tqdm progress bars (rank 0 only).
+
+    Returns
+    -------
+    list of MethodSummary
+        On rank 0 (or without MPI): every dataset/method, in input order. On other ranks: the
+        runs that rank did.
+
+    Raises
+    ------
+    UserError
+        Bad data, or ``output`` holds results of a benchmark with other settings.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    comm = world() if comm is None else comm
+    rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
+    torch.set_num_threads(config.threads)
+    output = Path(output)
+    store = BenchmarkResults(output / RESULTS_FILE)
+
+    def together(action):
+        """Run ``action`` on rank 0; every rank raises the same UserError if it failed."""
+        message = None
+        if rank == 0:
+            try:
+                action()
+            except UserError as exc:
+                message = str(exc)
+        if comm is not None:
+            message = comm.bcast(message, root=0)
+        if message is not None:
+            raise UserError(message)
+
+    def prepare():
+        output.mkdir(parents=True, exist_ok=True)
+        if restart:
+            for path in (store.path, output / CHECKPOINT_DIR, output / SUMMARY_FILE):
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
+        store.initialise(input_text=config.text, settings=config.settings(), fingerprint=config.fingerprint())
+
+    together(prepare)
+    # every rank reads every dataset, so a data error is raised identically everywhere
+    samplings = {spec.name: load_sampling_set(spec, min_frames=config.protocol.seed_frames + 1)
+                 for spec in config.datasets}
+
+    def describe():
+        for s in samplings.values():
+            store.write_dataset(s.name, path=s.path, frame_sizes=s.frame_sizes, species=s.species)
+
+    together(describe)
+    tasks = [(spec.name, method) for spec in config.datasets for method in config.methods]
+    mine = tasks[rank::size]
+    if size > 1:
+        log.info("rank %d of %d runs %s", rank, size, ", ".join(f"{d}/{m}" for d, m in mine) or "nothing")
+    total = len(mine) * config.protocol.max_iterations
+    summaries: list[MethodSummary] = []
+    with tqdm(total=total, desc=f"benchmark (rank {rank})" if size > 1 else "benchmark", unit="it",
+              disable=not progress or rank != 0, dynamic_ncols=True) as bar:
+        for dataset, method in mine:
+            done_before = bar.n
+            summary = run_method(samplings[dataset], method, config, store,
+                                 checkpoints=output / CHECKPOINT_DIR, observers=observers, progress=bar)
+            # iterations a run did not need count as done, so the bar ends at 100 %
+            bar.update(max(0, done_before + config.protocol.max_iterations - bar.n))
+            summaries.append(summary)
+    if comm is not None:
+        comm.Barrier()
+    if rank != 0:
+        return summaries
+    everything = []
+    for dataset, method in tasks:
+        stored = store.summary(dataset, method)
+        if stored is not None:
+            everything.append(stored)
+    write_summary_csv(output / SUMMARY_FILE, everything)
+    return everything

@@ -1,0 +1,29 @@
+"""HDF5 files of the project: the run log (:mod:`.runlog`) and the benchmark results
+(:mod:`.benchmark_results`). Only these modules write HDF5.
+
+Importing this package imports neither h5py nor the submodules; the names below are loaded on
+first use (``from otf_statcut.io import RunLog`` works as usual).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "RunLog": "runlog",
+    "Checkpoint": "runlog",
+    "read_dataset": "runlog",
+    "read_trajectory": "runlog",
+    "read_table": "runlog",
+    "export_extxyz": "runlog",
+    "configuration_key": "runlog",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

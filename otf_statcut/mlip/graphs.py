@@ -99,7 +99,7 @@ class GraphConverter:
         data[AtomicDataDict.FORCE_KEY] = torch.as_tensor(frame_forces(atoms), dtype=torch.float64)
         stress = frame_stress(atoms)
         full = np.full((3, 3), np.nan) if stress is None else voigt_6_to_full_3x3_stress(stress)
-        data[AtomicDataDict.STRESS_KEY] = torch.as_tensor(full, dtype=torch.float64).view(1, 3, 3)
+        data[AtomicDataDict.STRESS_KEY] = torch.tensor(np.ascontiguousarray(full), dtype=torch.float64).reshape(1, 3, 3)
         return data
 
     def labelled_graphs(self, frames: Sequence[Atoms], name: str = "frames") -> list[dict[str, torch.Tensor]]:

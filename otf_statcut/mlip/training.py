@@ -112,10 +112,10 @@ def _loss_terms(out: dict, batch: dict, config: TrainConfig) -> tuple[torch.Tens
     energy_mse = energy_error.square().mean()
     forces_mse = forces_error.square().mean()
     loss = config.energy_weight * energy_mse + config.forces_weight * forces_mse
-    ref_stress = batch[AtomicDataDict.STRESS_KEY].view(-1, 9)
+    ref_stress = batch[AtomicDataDict.STRESS_KEY].reshape(-1, 9)
     has_stress = torch.isfinite(ref_stress).all(dim=1)
     if config.stress_weight > 0 and bool(has_stress.any()):
-        stress_error = out[AtomicDataDict.STRESS_KEY].view(-1, 9)[has_stress] - ref_stress[has_stress]
+        stress_error = out[AtomicDataDict.STRESS_KEY].reshape(-1, 9)[has_stress] - ref_stress[has_stress]
         loss = loss + config.stress_weight * stress_error.square().mean()
     sums = {
         "energy_sq": energy_error.detach().square().sum(),

@@ -264,3 +264,12 @@ def test_robust_fit_barely_changes_clean_data():
     plain, robust = fit_distribution(x), fit_distribution(x, robust=True)
     assert robust.n_trimmed <= 5
     assert robust.params[0] == pytest.approx(plain.params[0], rel=2e-3)
+
+
+def test_stats_package_imports_neither_torch_nor_ase():
+    import subprocess
+    import sys
+
+    code = "import sys, otf_statcut.stats; print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'ase'}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

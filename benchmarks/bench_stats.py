@@ -106,7 +106,8 @@ def main(argv=None) -> int:
         "robust_maxwell_fit_ks_cutoff": (robust_maxwell_fit_ks_cutoff, None,
                                          f"robust (trimmed) Maxwell fit + KS + cutoff on {n} values"),
         "statistical_cutoffs": (cutoff_set, None,
-                                f"statistical_cutoffs: error fit + 3 uncertainty fits + map, {n} + {n} values"),
+                                f"statistical_cutoffs: error fit + 3 uncertainty fits + map, "
+                                f"{n} + {n} values"),
         "f1_sweep": (f1_sweep, 2.0,
                      f"confusion sweep + F1/precision/recall, {n} points x {args.grid}x{args.grid} grid"),
     }

@@ -141,7 +141,8 @@ def bad_inputs(tmp: Path, pred: Path, ref: Path) -> dict[str, tuple[list[str], s
     other = ase.io.read(ref, ":")
     other[3] = frame(other[3].get_chemical_symbols()[2:], other[3].get_forces()[2:])
     ase.io.write(tmp / "fewer_atoms.extxyz", other)
-    ase.io.write(tmp / "no_forces.extxyz", [Atoms(a.symbols, a.positions, cell=a.cell, pbc=True) for a in other])
+    bare = [Atoms(a.symbols, a.positions, cell=a.cell, pbc=True) for a in other]
+    ase.io.write(tmp / "no_forces.extxyz", bare)
     return {
         "missing file": ([str(tmp / "absent.npy")], "not found"),
         "NaN": ([str(write(tmp / "nan.txt", "0.1\n0.2\nnan\n" + "0.3\n" * 20))], "NaN"),
@@ -173,10 +174,10 @@ def bad_inputs(tmp: Path, pred: Path, ref: Path) -> dict[str, tuple[list[str], s
 
 
 CASES = [
-    "missing file", "NaN", "negative", "empty txt", "empty npy", "too few", "unknown extension", "not numbers",
-    "not an npy", "two columns", "mismatched frames", "mismatched atoms", "missing forces", "unreadable frames",
-    "missing pred file", "pred without ref", "both forms", "neither form", "per-element without frames",
-    "n too small", "unknown candidate", "bad plot type", "plot folder missing",
+    "missing file", "NaN", "negative", "empty txt", "empty npy", "too few", "unknown extension",
+    "not numbers", "not an npy", "two columns", "mismatched frames", "mismatched atoms", "missing forces",
+    "unreadable frames", "missing pred file", "pred without ref", "both forms", "neither form",
+    "per-element without frames", "n too small", "unknown candidate", "bad plot type", "plot folder missing",
 ]
 
 
@@ -201,5 +202,6 @@ def test_console_script_reports_bad_input_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        f"otf-statcut cutoffs: error: {bad}: values: 1 negative entries (first at index 1: -0.2); expected magnitudes >= 0"
+        f"otf-statcut cutoffs: error: {bad}: values: 1 negative entries (first at index 1: -0.2); "
+        "expected magnitudes >= 0"
     ]

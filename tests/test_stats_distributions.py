@@ -270,6 +270,9 @@ def test_stats_package_imports_neither_torch_nor_ase():
     import subprocess
     import sys
 
-    code = "import sys, otf_statcut.stats; print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'ase'}))"
+    code = (
+        "import sys, otf_statcut.stats; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'ase'}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -108,7 +108,10 @@ def test_sweep_equals_brute_force_property(case):
     assert np.all(f[both] >= np.minimum(p, r)[both] - 1e-12)
 
 
-@given(st.lists(st.tuples(st.integers(0, 50), st.integers(0, 50), st.integers(0, 50)), min_size=1, max_size=20))
+counts_0_50 = st.integers(0, 50)
+
+
+@given(st.lists(st.tuples(counts_0_50, counts_0_50, counts_0_50), min_size=1, max_size=20))
 @settings(max_examples=100, deadline=None)
 def test_metrics_in_unit_interval_or_nan(counts):
     tp, fp, fn = (np.array(c) for c in zip(*counts))

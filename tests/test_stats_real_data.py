@@ -85,7 +85,8 @@ def test_each_temperature_is_near_maxwell_but_their_union_is_not(snap_errors):
 
 @pytest.mark.parametrize("structure", ["expanded", "normal", "shrunken"])
 def test_maxwell_scale_grows_with_temperature(snap_errors, structure):
-    scales = [fit_distribution(aimd_errors(snap_errors, structure, t)).params[0] for t in (300, 408, 680, 907)]
+    temperatures = (300, 408, 680, 907)
+    scales = [fit_distribution(aimd_errors(snap_errors, structure, t)).params[0] for t in temperatures]
     assert np.all(np.diff(scales) > 0), scales
     assert scales[-1] > 2 * scales[0]
 

@@ -2,7 +2,8 @@
 
 Two forms::
 
-    otf-statcut cutoffs VALUES [--n N] [--candidates maxwell,gamma,gengamma] [--robust] [--json] [--plot out.png]
+    otf-statcut cutoffs VALUES [--n N] [--candidates maxwell,gamma,gengamma] [--robust] [--json]
+                        [--plot out.png]
     otf-statcut cutoffs --pred P.extxyz --ref R.extxyz [--per-element] [same options]
 
 ``VALUES`` is a ``.npy``, ``.txt`` or ``.csv`` file of non-negative values (one column; a ``.csv``
@@ -25,7 +26,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, FitError, UserError
-from ..stats import DEFAULT_CANDIDATES, DISTRIBUTIONS, BestFit, fit_best, force_error_magnitudes, per_element_cutoffs
+from ..stats import (
+    DEFAULT_CANDIDATES,
+    DISTRIBUTIONS,
+    BestFit,
+    fit_best,
+    force_error_magnitudes,
+    per_element_cutoffs,
+)
 
 #: File types the VALUES form reads.
 VALUE_SUFFIXES = (".npy", ".txt", ".csv")
@@ -41,11 +49,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "and print the cutoff where the CDF reaches 1 - 1/n."
         ),
     )
-    p.add_argument("values", nargs="?", metavar="VALUES", help="a .npy, .txt or .csv file of non-negative values")
+    p.add_argument(
+        "values", nargs="?", metavar="VALUES", help="a .npy, .txt or .csv file of non-negative values"
+    )
     p.add_argument("--pred", metavar="P.extxyz", help="predicted forces (any ASE-readable file with forces)")
     p.add_argument("--ref", metavar="R.extxyz", help="reference forces, same frames and atoms as --pred")
-    p.add_argument("--per-element", action="store_true", help="also fit each chemical species (--pred/--ref form)")
-    p.add_argument("--n", type=int, default=None, help="sampling-set size for the cutoff (default: number of values)")
+    p.add_argument(
+        "--per-element", action="store_true", help="also fit each chemical species (--pred/--ref form)"
+    )
+    p.add_argument(
+        "--n", type=int, default=None, help="sampling-set size for the cutoff (default: number of values)"
+    )
     p.add_argument(
         "--candidates",
         default=",".join(DEFAULT_CANDIDATES),
@@ -71,7 +85,9 @@ def load_values(path_text: str) -> np.ndarray:
     path = _existing(path_text, "values")
     suffix = path.suffix.lower()
     if suffix not in VALUE_SUFFIXES:
-        raise DataError(f"{path}: unsupported file type {path.suffix!r}; expected one of {', '.join(VALUE_SUFFIXES)}")
+        raise DataError(
+            f"{path}: unsupported file type {path.suffix!r}; expected one of {', '.join(VALUE_SUFFIXES)}"
+        )
     try:
         if suffix == ".npy":
             array = np.load(path, allow_pickle=False)
@@ -122,7 +138,9 @@ def load_force_errors(pred_path: str, ref_path: str) -> tuple[np.ndarray, np.nda
     pred = _read_frames(pred_path, "--pred")
     ref = _read_frames(ref_path, "--ref")
     if len(pred) != len(ref):
-        raise DataError(f"{pred_path} has {len(pred)} frames but {ref_path} has {len(ref)}; expected the same frames")
+        raise DataError(
+            f"{pred_path} has {len(pred)} frames but {ref_path} has {len(ref)}; expected the same frames"
+        )
     pred_forces, ref_forces, symbols = [], [], []
     for i, (p, r) in enumerate(zip(pred, ref)):
         if p.get_chemical_symbols() != r.get_chemical_symbols():
@@ -141,7 +159,8 @@ def _candidates(text: str) -> tuple[str, ...]:
     unknown = [name for name in names if name not in DISTRIBUTIONS]
     if not names or unknown:
         raise UserError(
-            f"--candidates {text!r}: unknown or missing names {unknown}; expected some of {','.join(DISTRIBUTIONS)}"
+            f"--candidates {text!r}: unknown or missing names {unknown}; "
+            f"expected some of {','.join(DISTRIBUTIONS)}"
         )
     return names
 
@@ -189,11 +208,14 @@ def _text(result: dict, title: str) -> list[str]:
     lines = [
         f"{title}: {result['n_values']} values, n = {result['n']}",
         f"  best fit   {result['distribution']} {_params_text(result['param_names'], result['params'])}",
-        f"  KS         p = {result['ks_pvalue']:.3g} ({verdict} at 0.05; tested on {result['ks_sample_size']} values)",
+        f"  KS         p = {result['ks_pvalue']:.3g} ({verdict} at 0.05; "
+        f"tested on {result['ks_sample_size']} values)",
         f"  cutoff     {result['cutoff']:.6g}  (CDF = 1 - 1/{result['n']})",
     ]
     if result["n_trimmed"]:
-        lines.append(f"  robust     {result['n_trimmed']} values above the cutoff trimmed before the final fit")
+        lines.append(
+            f"  robust     {result['n_trimmed']} values above the cutoff trimmed before the final fit"
+        )
     lines.append("  candidates")
     for c in result["candidates"]:
         lines.append(
@@ -244,7 +266,9 @@ def run(args: argparse.Namespace) -> int:
     elements = {}
     if args.per_element:
         try:
-            elements = per_element_cutoffs(values, symbols, n=args.n, candidates=candidates, robust=args.robust)
+            elements = per_element_cutoffs(
+                values, symbols, n=args.n, candidates=candidates, robust=args.robust
+            )
         except (DataError, FitError) as exc:
             raise DataError(f"{where}: {exc}") from None
         result["per_element"] = {

@@ -108,7 +108,9 @@ def fit_figure(
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, panel in zip(axes, panels):
-        plot_fit(ax, panel.values, panel.fit, panel.cutoff, others=panel.others, xlabel=xlabel, title=panel.title)
+        plot_fit(
+            ax, panel.values, panel.fit, panel.cutoff, others=panel.others, xlabel=xlabel, title=panel.title
+        )
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     return fig
@@ -127,7 +129,8 @@ def save_figure(fig: Figure, path) -> Path:
     supported = canvas.get_supported_filetypes()
     suffix = path.suffix.lower().lstrip(".")
     if suffix not in supported:
-        raise UserError(f"{path}: unsupported figure type {path.suffix!r}; expected one of .{', .'.join(sorted(supported))}")
+        expected = ", ".join("." + s for s in sorted(supported))
+        raise UserError(f"{path}: unsupported figure type {path.suffix!r}; expected one of {expected}")
     if not path.parent.is_dir():
         raise UserError(f"{path}: folder {path.parent} does not exist")
     fig.savefig(path)

@@ -60,4 +60,6 @@ def as_positive(values, what: str = "values") -> np.ndarray:
 def same_length(a: np.ndarray, b: np.ndarray, what_a: str, what_b: str) -> None:
     """Raise unless the two flat arrays have the same length."""
     if a.shape != b.shape:
-        raise DataError(f"{what_a} has {a.size} values but {what_b} has {b.size}; expected one per atom in both")
+        raise DataError(
+            f"{what_a} has {a.size} values but {what_b} has {b.size}; expected one per atom in both"
+        )

@@ -53,7 +53,8 @@ def force_error_magnitudes(pred: ForceArrays, ref: ForceArrays) -> np.ndarray:
         pred_frames, ref_frames = list(pred), list(ref)
         if len(pred_frames) != len(ref_frames):
             raise DataError(
-                f"{len(pred_frames)} predicted frames but {len(ref_frames)} reference frames; expected the same"
+                f"{len(pred_frames)} predicted frames but {len(ref_frames)} reference frames; "
+                "expected the same"
             )
         if not pred_frames:
             raise DataError("no frames given; expected at least one (n_atoms, 3) force array")

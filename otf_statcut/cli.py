@@ -11,7 +11,7 @@ import argparse
 import importlib.metadata
 import sys
 
-from .errors import UserError
+from .errors import FitError, UserError
 
 #: Subcommands, in the order ``--help`` lists them. Fixed list: nothing is imported by a name
 #: that comes from user input.
@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except UserError as exc:
+    except (UserError, FitError) as exc:
+        # A user mistake or data the method cannot fit: one line, no traceback.
         print(f"otf-statcut {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,8 +1,10 @@
 """The benchmark input file (``otf-statcut benchmark input.yaml``): schema, defaults, validation.
 
-Read once by :func:`load_benchmark_config` into frozen dataclasses; every mistake raises
-:class:`~otf_statcut.errors.ConfigError` (or :class:`~otf_statcut.errors.DataError` for a
-missing file) naming the input file, the key and what is expected.
+Read once by :func:`load_benchmark_config` into frozen dataclasses, with the validation helpers
+of the run schema (:mod:`otf_statcut.config`), so both inputs report mistakes alike: every
+mistake raises :class:`~otf_statcut.errors.ConfigError` (or :class:`~otf_statcut.errors.DataError`
+for a missing file) naming the input file, the key path, the value and what is allowed, with a
+"did you mean" hint for a mistyped key.
 
 Relative paths (``datasets[i].path``, ``output``) are resolved against the folder of the input
 file, so an input works from any current directory.
@@ -42,13 +44,16 @@ import dataclasses
 import hashlib
 import json
 import re
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
+# the run schema's validation helpers, so both inputs report mistakes the same way
+from otf_statcut.config import _build, _check_keys, _Context, _convert, _spec
 from otf_statcut.errors import ConfigError, DataError, UserError
 from otf_statcut.mlip import ModelConfig, TrainConfig
 
@@ -97,6 +102,17 @@ class DatasetSpec:
 
 
 @dataclass(frozen=True)
+class _DatasetInput:
+    """A ``datasets[i]`` entry as written (checked by the run schema's helpers)."""
+
+    name: str = _spec(check=lambda x: bool(_NAME.match(x)), expected="a name of letters, digits, '_', '.', '-'")
+    path: Path = _spec()
+    select: Mapping[str, Any] = _spec(factory=dict)
+    first: int = _spec(0, check=lambda x: x >= 0, expected="an integer >= 0")
+    count: int | None = _spec(None, check=lambda x: x >= 1, expected="an integer >= 1 or null")
+
+
+@dataclass(frozen=True)
 class ProtocolSettings:
     """How the replay protocol runs (see :mod:`otf_statcut.benchmark.protocol`).
 
@@ -126,17 +142,18 @@ class ProtocolSettings:
         Points per axis of the stored precision/recall/F1 sweep grid.
     """
 
-    seed_frames: int = 5
+    seed_frames: int = _spec(5, check=lambda x: x >= 2, expected="an integer >= 2")
     seed: int = 0
-    val_fraction: float = 0.2
-    max_iterations: int = 20
-    max_labels: int | None = None
+    val_fraction: float = _spec(0.2, check=lambda x: 0 < x < 1, expected="a fraction in (0, 1)")
+    max_iterations: int = _spec(20, check=lambda x: x >= 1, expected="an integer >= 1")
+    max_labels: int | None = _spec(None, check=lambda x: x >= 2, expected="an integer >= 2 or null")
     warm_start: bool = True
     include_halt_frame: bool = True
-    max_error: float = 1.0
-    candidates: tuple[str, ...] = _FAMILIES
+    max_error: float = _spec(1.0, check=lambda x: x > 0, expected="an error bound > 0 (eV/Å; .inf for none)")
+    candidates: tuple[str, ...] = _spec(_FAMILIES, check=lambda t: len(t) > 0 and set(t) <= set(_FAMILIES),
+                                        expected=f"a non-empty list from {list(_FAMILIES)}")
     robust: bool = False
-    sweep_points: int = 40
+    sweep_points: int = _spec(40, check=lambda x: x >= 2, expected="an integer >= 2")
 
 
 @dataclass(frozen=True)
@@ -216,9 +233,10 @@ def load_benchmark_config(path) -> BenchmarkConfig:
     Raises
     ------
     DataError
-        If the file does not exist or is not valid YAML.
+        If the input file or a dataset file does not exist.
     ConfigError
-        For any invalid key or value (the message names file, key, value and what is allowed).
+        For invalid YAML or any invalid key or value (the message names file, key, value and what
+        is allowed).
     """
     path = Path(path)
     if not path.is_file():
@@ -227,196 +245,111 @@ def load_benchmark_config(path) -> BenchmarkConfig:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        problem = str(exc).replace("\n", " ")
-        raise ConfigError(f"{path}: not valid YAML ({problem})") from exc
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{at}: {problem}") from None
     return parse_benchmark_config(data, source=path, text=text)
 
 
 def parse_benchmark_config(data: Any, *, source: Path | None = None, text: str = "") -> BenchmarkConfig:
     """Validate an already-parsed input mapping (see :func:`load_benchmark_config`)."""
-    where = str(source) if source is not None else "benchmark input"
-    base = source.parent if source is not None else Path.cwd()
+    ctx = _Context(str(source) if source is not None else "benchmark input",
+                   source.parent if source is not None else Path.cwd())
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: expected a mapping with keys 'datasets' and 'methods', got {_kind(data)}")
-    _known(data, ("datasets", "methods", "protocol", "model", "training", "heads", "output", "threads"), where, "")
-    datasets = _datasets(data.get("datasets"), base, where)
-    methods = _methods(data.get("methods"), where)
-    protocol = _protocol(data.get("protocol", {}) or {}, where)
-    model = _model(data.get("model", {}) or {}, where)
-    training = _training(data.get("training", {}) or {}, where)
-    heads = _heads(data.get("heads", {}) or {}, methods, where)
-    output = data.get("output")
-    if output is not None:
-        if not isinstance(output, str) or not output:
-            raise ConfigError(f"{where}: key 'output' = {output!r}; expected a folder path")
-        output = (base / output).resolve()
-    threads = data.get("threads", 1)
-    if not _is_int(threads) or threads < 1:
-        raise ConfigError(f"{where}: key 'threads' = {threads!r}; expected an integer >= 1")
+        raise ctx.error("", data, "a mapping with the keys 'datasets' and 'methods'"
+                        + (" (the file is empty)" if data is None else ""))
+    _check_keys(data, list(_TOP_LEVEL), "", ctx)
+    for key in ("datasets", "methods"):
+        if key not in data:
+            raise ConfigError(f"{ctx.where}: missing key {key} ({_TOP_LEVEL[key]})")
+    datasets = _datasets(data["datasets"], ctx)
+    methods = _convert(data["methods"], tuple[Literal[METHODS], ...], "methods", ctx)
+    if not methods or len(set(methods)) != len(methods):
+        raise ctx.error("methods", data["methods"], f"a non-empty list of distinct methods from {list(METHODS)}")
+    protocol = _build(ProtocolSettings, data.get("protocol"), "protocol", ctx)
+    model = _fields(ModelConfig, data.get("model"), "model", ctx, skip=("species",))
+    training = TrainConfig(**_fields(TrainConfig, data.get("training"), "training", ctx))
+    heads = _heads(data.get("heads"), ctx)
+    output = None if data.get("output") is None else _convert(data["output"], Path, "output", ctx)
+    threads = _convert(data.get("threads", 1), int, "threads", ctx)
+    if threads < 1:
+        raise ctx.error("threads", threads, "an integer >= 1")
     return BenchmarkConfig(source=source, text=text, datasets=datasets, methods=methods, protocol=protocol,
                            model=model, training=training, heads=heads, output=output, threads=threads)
 
 
-def _datasets(value: Any, base: Path, where: str) -> tuple[DatasetSpec, ...]:
-    if value is None:
-        raise ConfigError(f"{where}: missing key 'datasets' (a list of {{name, path}} entries)")
+_TOP_LEVEL = {
+    "datasets": "a list of {name, path} entries",
+    "methods": f"a list from {list(METHODS)}",
+    "protocol": "", "model": "", "training": "", "heads": "", "output": "", "threads": "",
+}
+
+
+def _datasets(value: Any, ctx: _Context) -> tuple[DatasetSpec, ...]:
     if not isinstance(value, list) or not value:
-        raise ConfigError(f"{where}: key 'datasets' = {value!r}; expected a non-empty list of {{name, path}}")
-    specs, names = [], set()
+        raise ctx.error("datasets", value, "a non-empty list of {name, path} entries")
+    specs: list[DatasetSpec] = []
     for i, entry in enumerate(value):
         key = f"datasets[{i}]"
-        if not isinstance(entry, Mapping):
-            raise ConfigError(f"{where}: key '{key}' = {entry!r}; expected a mapping with 'name' and 'path'")
-        _known(entry, ("name", "path", "select", "first", "count"), where, key + ".")
-        name = entry.get("name")
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise ConfigError(f"{where}: key '{key}.name' = {name!r}; expected a name of letters, digits, '_', '.', '-'")
-        if name in names:
-            raise ConfigError(f"{where}: key '{key}.name' = {name!r} is used twice; names must be unique")
-        names.add(name)
-        raw = entry.get("path")
-        if not isinstance(raw, str) or not raw:
-            raise ConfigError(f"{where}: key '{key}.path' = {raw!r}; expected a file path")
-        path = (base / raw).resolve()
-        if not path.is_file():
-            raise DataError(f"{where}: key '{key}.path': dataset file {path} not found")
-        select = entry.get("select") or {}
-        if not isinstance(select, Mapping):
-            raise ConfigError(f"{where}: key '{key}.select' = {select!r}; expected a mapping info-key -> values")
+        parsed = _build(_DatasetInput, entry, key, ctx)
+        if parsed.name in {s.name for s in specs}:
+            raise ctx.error(f"{key}.name", parsed.name, "a name not used by another dataset")
+        if not parsed.path.is_file():
+            raise DataError(f"{ctx.where}: {key}.path: dataset file {parsed.path} not found")
         pairs = []
-        for k, v in select.items():
-            values = [v] if isinstance(v, (str, int, float)) else v
+        for k, v in parsed.select.items():
+            values = [v] if isinstance(v, (str, int, float)) and not isinstance(v, bool) else v
             if not isinstance(values, list) or not values:
-                raise ConfigError(f"{where}: key '{key}.select.{k}' = {v!r}; expected a value or a list of values")
+                raise ctx.error(f"{key}.select.{k}", v, "a value or a non-empty list of values")
             pairs.append((str(k), tuple(str(x) for x in values)))
-        first = entry.get("first", 0)
-        if not _is_int(first) or first < 0:
-            raise ConfigError(f"{where}: key '{key}.first' = {first!r}; expected an integer >= 0")
-        count = entry.get("count")
-        if count is not None and (not _is_int(count) or count < 1):
-            raise ConfigError(f"{where}: key '{key}.count' = {count!r}; expected an integer >= 1 or null")
-        specs.append(DatasetSpec(name=name, path=path, select=tuple(pairs), first=first, count=count))
+        specs.append(DatasetSpec(name=parsed.name, path=parsed.path, select=tuple(pairs), first=parsed.first,
+                                 count=parsed.count))
     return tuple(specs)
 
 
-def _methods(value: Any, where: str) -> tuple[str, ...]:
+def _fields(cls, value: Any, path: str, ctx: _Context, skip: Sequence[str] = ()) -> dict:
+    """Keyword arguments for ``cls`` (ModelConfig / TrainConfig), checked by building it once."""
     if value is None:
-        raise ConfigError(f"{where}: missing key 'methods'; expected a list from {list(METHODS)}")
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not value:
-        raise ConfigError(f"{where}: key 'methods' = {value!r}; expected a non-empty list from {list(METHODS)}")
-    for i, m in enumerate(value):
-        if m not in METHODS:
-            raise ConfigError(f"{where}: key 'methods[{i}]' = {m!r} is not a method; expected one of {list(METHODS)}")
-    if len(set(value)) != len(value):
-        raise ConfigError(f"{where}: key 'methods' = {value!r} lists a method twice")
-    return tuple(value)
-
-
-def _protocol(value: Any, where: str) -> ProtocolSettings:
+        return {}
     if not isinstance(value, Mapping):
-        raise ConfigError(f"{where}: key 'protocol' = {value!r}; expected a mapping")
-    names = [f.name for f in dataclasses.fields(ProtocolSettings)]
-    _known(value, names, where, "protocol.")
-    v = dict(value)
-
-    def bad(key, expected):
-        return ConfigError(f"{where}: key 'protocol.{key}' = {v[key]!r}; expected {expected}")
-
-    for key, low in (("seed_frames", 2), ("max_iterations", 1), ("sweep_points", 2)):
-        if key in v and (not _is_int(v[key]) or v[key] < low):
-            raise bad(key, f"an integer >= {low}")
-    if "seed" in v and not _is_int(v["seed"]):
-        raise bad("seed", "an integer")
-    if v.get("max_labels") is not None and (not _is_int(v["max_labels"]) or v["max_labels"] < 2):
-        raise bad("max_labels", "an integer >= 2 or null")
-    if "val_fraction" in v and (not _is_number(v["val_fraction"]) or not 0 < v["val_fraction"] < 1):
-        raise bad("val_fraction", "a number in (0, 1)")
-    if "max_error" in v and (not _is_number(v["max_error"]) or not v["max_error"] > 0):
-        raise bad("max_error", "a positive number in eV/Å (.inf for no maximum)")
-    for key in ("warm_start", "include_halt_frame", "robust"):
-        if key in v and not isinstance(v[key], bool):
-            raise bad(key, "true or false")
-    if "candidates" in v:
-        c = v["candidates"]
-        if isinstance(c, str):
-            c = [c]
-        if not isinstance(c, list) or not c or any(x not in _FAMILIES for x in c):
-            raise bad("candidates", f"a non-empty list from {list(_FAMILIES)}")
-        v["candidates"] = tuple(c)
-    if "val_fraction" in v:
-        v["val_fraction"] = float(v["val_fraction"])
-    if "max_error" in v:
-        v["max_error"] = float(v["max_error"])
-    return ProtocolSettings(**v)
-
-
-def _model(value: Any, where: str) -> dict:
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{where}: key 'model' = {value!r}; expected a mapping of ModelConfig fields")
-    if "species" in value:
-        raise ConfigError(f"{where}: key 'model.species' is not allowed: the species come from each dataset")
-    names = [f.name for f in dataclasses.fields(ModelConfig) if f.name != "species"]
-    _known(value, names, where, "model.")
+        raise ctx.error(path, value, f"a mapping of {cls.__name__} fields")
+    for key in skip:
+        if key in value:
+            raise ConfigError(f"{ctx.where}: {path}.{key} is not allowed: the {key} come from each dataset")
+    allowed = [f.name for f in dataclasses.fields(cls) if f.name not in skip]
+    _check_keys(value, allowed, path + ".", ctx)
+    hints = typing.get_type_hints(cls)
+    out = {k: _convert(v, hints[k], f"{path}.{k}", ctx) for k, v in value.items()}
     try:
-        ModelConfig(species=("H",), **value)
-    except (ConfigError, TypeError) as exc:
-        raise ConfigError(f"{where}: key 'model': {exc}") from None
-    return dict(value)
+        cls(**({"species": ("H",)} if "species" in skip else {}), **out)
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{ctx.where}: {path}: {exc}") from None
+    return out
 
 
-def _training(value: Any, where: str) -> TrainConfig:
+def _heads(value: Any, ctx: _Context) -> dict:
+    if value is None:
+        return {}
     if not isinstance(value, Mapping):
-        raise ConfigError(f"{where}: key 'training' = {value!r}; expected a mapping of TrainConfig fields")
-    _known(value, [f.name for f in dataclasses.fields(TrainConfig)], where, "training.")
-    try:
-        return TrainConfig(**value)
-    except (ConfigError, TypeError) as exc:
-        raise ConfigError(f"{where}: key 'training': {exc}") from None
-
-
-def _heads(value: Any, methods: Sequence[str], where: str) -> dict:
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{where}: key 'heads' = {value!r}; expected a mapping method -> settings")
+        raise ctx.error("heads", value, "a mapping method -> head settings")
+    tunable = [m for m in METHODS if m not in TRUE_ERROR_METHODS]
+    _check_keys(value, tunable, "heads.", ctx)
     heads = {}
     for name, settings in value.items():
-        if name not in METHODS:
-            raise ConfigError(f"{where}: key 'heads.{name}' is not a method; expected one of {list(METHODS)}")
-        if name in TRUE_ERROR_METHODS:
-            raise ConfigError(f"{where}: key 'heads.{name}': the {name} method uses the true error as σ and takes "
-                              f"no settings; settings are allowed for {[m for m in METHODS if m not in TRUE_ERROR_METHODS]}")
         settings = settings or {}
         if not isinstance(settings, Mapping):
-            raise ConfigError(f"{where}: key 'heads.{name}' = {settings!r}; expected a mapping of head settings")
-        _check_head(name, dict(settings), where)
+            raise ctx.error(f"heads.{name}", settings, "a mapping of head settings")
+        _check_head(name, dict(settings), ctx)
         heads[name] = dict(settings)
     return heads
 
 
-def _check_head(name: str, settings: dict, where: str) -> None:
+def _check_head(name: str, settings: dict, ctx: _Context) -> None:
     """Build the head once so a bad setting fails now, not after an hour of training."""
     from otf_statcut.uq import make_head
 
     try:
         make_head(name, **settings)
     except (UserError, TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: key 'heads.{name}': {exc}") from None
-
-
-def _known(mapping: Mapping, allowed: Sequence[str], where: str, prefix: str) -> None:
-    for key in mapping:
-        if key not in allowed:
-            raise ConfigError(f"{where}: unknown key '{prefix}{key}'; allowed keys are {sorted(allowed)}")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _kind(value: Any) -> str:
-    return "nothing (empty file)" if value is None else type(value).__name__
+        raise ConfigError(f"{ctx.where}: heads.{name}: {exc}") from None

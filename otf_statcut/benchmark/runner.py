@@ -116,10 +116,11 @@ def run_benchmark(config: BenchmarkConfig, output, *, restart: bool = False, com
                     path.unlink()
         store.initialise(input_text=config.text, settings=config.settings(), fingerprint=config.fingerprint())
 
-    together(prepare)
-    # every rank reads every dataset, so a data error is raised identically everywhere
+    # every rank reads every dataset (a data error is then raised identically everywhere), and
+    # before anything is written, so a bad input leaves no output folder behind
     samplings = {spec.name: load_sampling_set(spec, min_frames=config.protocol.seed_frames + 1)
                  for spec in config.datasets}
+    together(prepare)
 
     def describe():
         for s in samplings.values():

@@ -60,8 +60,8 @@ def _logging(folder: Path, quiet: bool, rank_prefix: str):
     logger = logging.getLogger(LOGGER)
     old_level = logger.level
     logger.setLevel(logging.INFO)
-    folder.mkdir(parents=True, exist_ok=True)
-    file_handler = logging.FileHandler(folder / "benchmark.log")
+    # opened at the first log line, which comes after the run has validated its data and created the folder
+    file_handler = logging.FileHandler(folder / "benchmark.log", delay=True)
     file_handler.setFormatter(logging.Formatter(f"%(asctime)s {rank_prefix}%(levelname)s %(message)s"))
     handlers: list[logging.Handler] = [file_handler]
     if not quiet:

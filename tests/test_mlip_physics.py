@@ -84,6 +84,26 @@ def test_prediction_types_and_shapes(potential, frames):
     assert potential.predict(frames[:1], stress=False, features=False)[0].features is None
 
 
+def test_caller_default_dtype_neither_matters_nor_changes(potential, frames):
+    """A float32 default (e.g. set by gpytorch code) does not alter predictions, and predict
+    leaves the caller's default dtype as it was."""
+    reference = potential.predict(frames[:2])
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        again = potential.predict(frames[:2])
+        atoms = probe(frames)
+        atoms.calc = potential.calculator()
+        energy = atoms.get_potential_energy()
+        assert torch.get_default_dtype() == torch.float32
+    finally:
+        torch.set_default_dtype(previous)
+    for a, b in zip(reference, again):
+        assert a.energy == b.energy
+        np.testing.assert_array_equal(a.forces, b.forces)
+    assert energy == pytest.approx(reference[0].energy, rel=1e-12)
+
+
 def test_batched_prediction_matches_single(potential, frames):
     batched = potential.predict(frames, batch_size=4)
     single = [potential.predict(atoms)[0] for atoms in frames]

@@ -64,7 +64,8 @@ def _format_for(path: Path) -> _Format:
     fmt = _FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise DataError(
-            f"{path}: unknown data file type {path.suffix!r}; expected one of {', '.join(supported_suffixes())}"
+            f"{path}: unknown data file type {path.suffix!r}; "
+            f"expected one of {', '.join(supported_suffixes())}"
         )
     return fmt
 

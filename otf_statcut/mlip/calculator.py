@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from ase.calculators.calculator import Calculator, all_changes
 from nequip.integrations.ase import NequIPCalculator
 
+from .graphs import float64_default
 from .potential import Prediction, predictions_from_output
 
 if TYPE_CHECKING:
@@ -54,7 +55,9 @@ class PotentialCalculator(NequIPCalculator):
         potential.model.eval()
         self.potential = potential
         self.prediction: Prediction | None = None
-        super().__init__(model=potential.model, device=device, transforms=potential.converter.transforms, **kwargs)
+        super().__init__(
+            model=potential.model, device=device, transforms=potential.converter.transforms, **kwargs
+        )
 
     def atoms_to_data(self, atoms):
         """Graph of ``atoms`` (float64 positions/cell, type mapping, neighbour list).
@@ -73,7 +76,8 @@ class PotentialCalculator(NequIPCalculator):
         """Run the potential's current model (a fit from scratch replaces the module)."""
         model = self.potential.model
         model.eval()
-        return model(data)
+        with float64_default():
+            return model(data)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         """Evaluate the model once and fill :attr:`results` with every implemented property."""

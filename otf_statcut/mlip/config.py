@@ -24,6 +24,10 @@ def _check(condition: bool, name: str, value: Any, expected: str) -> None:
         raise ConfigError(f"{name}={value!r} is invalid: expected {expected}")
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _from_dict(cls, data: dict[str, Any], where: str):
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
@@ -95,12 +99,12 @@ class ModelConfig:
         for name in ("num_layers", "num_features", "radial_mlp_width", "radial_mlp_depth", "num_bessels",
                      "polynomial_cutoff_p"):
             value = getattr(self, name)
-            _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, name, value,
+            _check(_is_int(value) and value >= 1, name, value,
                    "an integer >= 1")
-        _check(isinstance(self.l_max, int) and not isinstance(self.l_max, bool) and self.l_max >= 0, "l_max",
+        _check(_is_int(self.l_max) and self.l_max >= 0, "l_max",
                self.l_max, "an integer >= 0")
         _check(isinstance(self.parity, bool), "parity", self.parity, "true or false")
-        _check(isinstance(self.seed, int) and not isinstance(self.seed, bool), "seed", self.seed, "an integer")
+        _check(_is_int(self.seed), "seed", self.seed, "an integer")
         _check(self.model_dtype in ("float32", "float64"), "model_dtype", self.model_dtype,
                "'float32' or 'float64'")
 
@@ -165,11 +169,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("max_epochs", "batch_size", "lr_patience", "patience"):
             value = getattr(self, name)
-            _check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, name, value,
+            _check(_is_int(value) and value >= 1, name, value,
                    "an integer >= 1")
         _check(float(self.learning_rate) > 0, "learning_rate", self.learning_rate, "a positive number")
         _check(0.0 < float(self.lr_factor) < 1.0, "lr_factor", self.lr_factor, "a number in (0, 1)")
-        _check(float(self.min_learning_rate) >= 0, "min_learning_rate", self.min_learning_rate, "a number >= 0")
+        _check(float(self.min_learning_rate) >= 0, "min_learning_rate", self.min_learning_rate,
+               "a number >= 0")
         weights = (self.energy_weight, self.forces_weight, self.stress_weight)
         for name, value in zip(("energy_weight", "forces_weight", "stress_weight"), weights):
             _check(float(value) >= 0, name, value, "a number >= 0")
@@ -177,7 +182,7 @@ class TrainConfig:
                "at least one positive loss weight")
         _check(self.max_seconds is None or float(self.max_seconds) > 0, "max_seconds", self.max_seconds,
                "a positive number of seconds or null")
-        _check(isinstance(self.seed, int) and not isinstance(self.seed, bool), "seed", self.seed, "an integer")
+        _check(_is_int(self.seed), "seed", self.seed, "an integer")
         _check(isinstance(self.progress, bool), "progress", self.progress, "true or false")
 
     def to_dict(self) -> dict[str, Any]:

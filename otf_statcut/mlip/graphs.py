@@ -8,6 +8,7 @@ are always float64, whatever torch's default dtype is at the time.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ from ase import Atoms
 from otf_statcut.data.frames import frame_energy, frame_forces, frame_stress, validate_frame
 from otf_statcut.errors import DataError
 
-__all__ = ["ensure_nequip_state", "GraphConverter", "DataStatistics", "compute_statistics", "batch_graphs"]
+__all__ = ["ensure_nequip_state", "float64_default", "GraphConverter", "DataStatistics", "compute_statistics", "batch_graphs"]
 
 
 def ensure_nequip_state() -> None:
@@ -27,10 +28,30 @@ def ensure_nequip_state() -> None:
     ``nequip.utils.global_state.set_global_state`` sets torch's default dtype to float64 for the
     whole process and seeds the global RNGs once; later calls are no-ops.
     """
+    import warnings
+
     from nequip.utils.global_state import global_state_initialized, set_global_state
 
     if not global_state_initialized():
-        set_global_state()
+        with warnings.catch_warnings():
+            # torch deprecates the JIT fusion-strategy call nequip makes; irrelevant in eager mode
+            warnings.simplefilter("ignore", DeprecationWarning)
+            set_global_state()
+
+
+@contextlib.contextmanager
+def float64_default():
+    """Run a block with torch's default dtype float64, restoring the caller's afterwards.
+
+    NequIP's data code casts positions and cells to the *current* default dtype, so code that
+    changes it (e.g. a float32 gpytorch model) must not change what this package computes.
+    """
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 class GraphConverter:
@@ -65,9 +86,13 @@ class GraphConverter:
 
     def graph(self, atoms: Atoms, where: str = "frame") -> dict[str, torch.Tensor]:
         """Unlabelled graph of one frame (the calculator's and ``predict``'s input)."""
+        self.check_species(atoms, where)
+        with float64_default():
+            return self._graph(atoms, where)
+
+    def _graph(self, atoms: Atoms, where: str) -> dict[str, torch.Tensor]:
         from nequip.data import AtomicDataDict, from_dict
 
-        self.check_species(atoms, where)
         pbc = np.asarray(atoms.get_pbc(), dtype=bool)
         cell = np.asarray(atoms.get_cell(), dtype=np.float64)
         if pbc.any() and abs(np.linalg.det(cell)) < 1e-12:
@@ -77,7 +102,9 @@ class GraphConverter:
                 AtomicDataDict.POSITIONS_KEY: torch.as_tensor(atoms.get_positions(), dtype=torch.float64),
                 AtomicDataDict.CELL_KEY: torch.as_tensor(cell, dtype=torch.float64),
                 AtomicDataDict.PBC_KEY: torch.as_tensor(pbc),
-                AtomicDataDict.ATOMIC_NUMBERS_KEY: torch.as_tensor(atoms.get_atomic_numbers(), dtype=torch.long),
+                AtomicDataDict.ATOMIC_NUMBERS_KEY: torch.as_tensor(
+                    atoms.get_atomic_numbers(), dtype=torch.long
+                ),
             }
         )
         data[AtomicDataDict.POSITIONS_KEY] = data[AtomicDataDict.POSITIONS_KEY].to(torch.float64)
@@ -99,7 +126,8 @@ class GraphConverter:
         data[AtomicDataDict.FORCE_KEY] = torch.as_tensor(frame_forces(atoms), dtype=torch.float64)
         stress = frame_stress(atoms)
         full = np.full((3, 3), np.nan) if stress is None else voigt_6_to_full_3x3_stress(stress)
-        data[AtomicDataDict.STRESS_KEY] = torch.tensor(np.ascontiguousarray(full), dtype=torch.float64).reshape(1, 3, 3)
+        full = np.ascontiguousarray(full)
+        data[AtomicDataDict.STRESS_KEY] = torch.tensor(full, dtype=torch.float64).reshape(1, 3, 3)
         return data
 
     def labelled_graphs(self, frames: Sequence[Atoms], name: str = "frames") -> list[dict[str, torch.Tensor]]:
@@ -177,7 +205,9 @@ def compute_statistics(
     if len(frames) == 0:
         raise DataError("no labelled frames to compute the energy shift/scale and neighbour count from")
     species = list(species)
-    counts = np.array([[atoms.get_chemical_symbols().count(s) for s in species] for atoms in frames], dtype=float)
+    counts = np.array(
+        [[atoms.get_chemical_symbols().count(s) for s in species] for atoms in frames], dtype=float
+    )
     energies = np.array([frame_energy(atoms) for atoms in frames])
     mean_per_atom = float(energies.sum() / counts.sum())
     present = counts.sum(axis=0) > 0

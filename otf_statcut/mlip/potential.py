@@ -29,7 +29,14 @@ from ase import Atoms
 from otf_statcut.errors import DataError
 
 from .config import ModelConfig, TrainConfig
-from .graphs import DataStatistics, GraphConverter, batch_graphs, compute_statistics, ensure_nequip_state
+from .graphs import (
+    DataStatistics,
+    GraphConverter,
+    batch_graphs,
+    compute_statistics,
+    ensure_nequip_state,
+    float64_default,
+)
 from .training import TrainingHistory, train_model
 
 __all__ = ["Prediction", "NequIPPotential", "predictions_from_output"]
@@ -265,13 +272,18 @@ class NequIPPotential:
         if not warm_start:
             self.statistics = compute_statistics(train, train_graphs, self.species)
             self.model = _build_model(self._config, self.statistics)
-        self.history = train_model(self.model, train_graphs, val_graphs, train_config)
+        with float64_default():
+            self.history = train_model(self.model, train_graphs, val_graphs, train_config)
         return self
 
     # --- inference ---------------------------------------------------------------------------
 
     def predict(
-        self, frames: Sequence[Atoms] | Atoms, batch_size: int = 16, stress: bool = True, features: bool = True
+        self,
+        frames: Sequence[Atoms] | Atoms,
+        batch_size: int = 16,
+        stress: bool = True,
+        features: bool = True,
     ) -> list[Prediction]:
         """Energy, forces, stress and latent features of each frame.
 
@@ -301,9 +313,10 @@ class NequIPPotential:
         self.model.eval()
         graphs = [self.converter.graph(atoms, f"frame {i}") for i, atoms in enumerate(frames)]
         predictions: list[Prediction] = []
-        for start in range(0, len(graphs), batch_size):
-            out = self.model(batch_graphs(graphs[start : start + batch_size]))
-            predictions.extend(predictions_from_output(out, stress=stress, features=features))
+        with float64_default():
+            for start in range(0, len(graphs), batch_size):
+                out = self.model(batch_graphs(graphs[start : start + batch_size]))
+                predictions.extend(predictions_from_output(out, stress=stress, features=features))
         return predictions
 
     def calculator(self, **kwargs):
@@ -332,7 +345,8 @@ class NequIPPotential:
         }
         (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         if self.history is not None:
-            (directory / HISTORY_FILE).write_text(json.dumps(_json_safe(self.history.to_dict()), indent=2) + "\n")
+            history = _json_safe(self.history.to_dict())
+            (directory / HISTORY_FILE).write_text(json.dumps(history, indent=2) + "\n")
         return directory
 
     @classmethod
@@ -367,7 +381,9 @@ class NequIPPotential:
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise DataError(f"{meta_path}: key 'format' must be {FORMAT!r}; not a saved NequIPPotential")
         if meta.get("version") != FORMAT_VERSION:
-            raise DataError(f"{meta_path}: key 'version' is {meta.get('version')!r}, expected {FORMAT_VERSION}")
+            raise DataError(
+                f"{meta_path}: key 'version' is {meta.get('version')!r}, expected {FORMAT_VERSION}"
+            )
         try:
             config = ModelConfig.from_dict(meta["model_config"])
             statistics = DataStatistics.from_dict(meta["statistics"])

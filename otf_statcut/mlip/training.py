@@ -127,6 +127,7 @@ def _loss_terms(out: dict, batch: dict, config: TrainConfig) -> tuple[torch.Tens
 
 
 def _batches(graphs: Sequence[dict], batch_size: int, order: Sequence[int]) -> list[dict]:
+    order = list(order)
     return [batch_graphs([graphs[i] for i in order[k : k + batch_size]]) for k in range(0, len(order), batch_size)]
 
 
@@ -182,12 +183,17 @@ def train_model(
     start = time.perf_counter()
     history = TrainingHistory(monitored="val" if len(val_graphs) else "train")
     rng = np.random.default_rng(config.seed)
-    monitor_batches = _batches(val_graphs or train_graphs, config.batch_size, range(len(val_graphs or train_graphs)))
+    monitored = val_graphs if len(val_graphs) else train_graphs
+    monitor_batches = _batches(monitored, config.batch_size, range(len(monitored)))
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.learning_rate)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience, min_lr=config.min_learning_rate
+        optimizer,
+        mode="min",
+        factor=config.lr_factor,
+        patience=config.lr_patience,
+        min_lr=config.min_learning_rate,
     )
 
     initial = evaluate_model(model, monitor_batches, config)
@@ -223,7 +229,9 @@ def train_model(
             seconds=time.perf_counter() - epoch_start,
         )
         history.epochs.append(record)
-        bar.set_postfix(val_loss=f"{metrics.loss:.3g}", f_rmse=f"{metrics.forces_rmse:.3g}", lr=f"{learning_rate:.2g}")
+        bar.set_postfix(
+            val_loss=f"{metrics.loss:.3g}", f_rmse=f"{metrics.forces_rmse:.3g}", lr=f"{learning_rate:.2g}"
+        )
         if metrics.loss < history.best_val_loss:
             history.best_val_loss = metrics.loss
             history.best_epoch = epoch

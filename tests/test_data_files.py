@@ -155,6 +155,26 @@ def test_registered_format_is_dispatched_by_suffix(tmp_path):
         write_frames(path, make_frames(1))
 
 
+def test_run_file_dataset_is_readable(tmp_path):
+    """``.h5`` run files written by :class:`otf_statcut.io.RunLog` read back as labelled frames."""
+    from otf_statcut.io import RunLog
+
+    frames = make_frames(2)
+    with RunLog.create(tmp_path / "run.h5") as log:
+        for i, frame in enumerate(frames):
+            log.append_frame(frame, step=i, reason="initial", split=0)
+        log.flush()
+    back = read_frames(tmp_path / "run.h5")
+    assert len(back) == 2
+    np.testing.assert_allclose(frame_forces(back[1]), frame_forces(frames[1]))
+    np.testing.assert_allclose(frame_stress(back[0]), frame_stress(frames[0]))
+    (tmp_path / "other.h5").write_bytes(b"not hdf5")
+    with pytest.raises(DataError, match=r"other\.h5"):
+        read_frames(tmp_path / "other.h5")
+    with pytest.raises(DataError, match="not supported"):
+        write_frames(tmp_path / "out.h5", frames)
+
+
 def test_labelled_frame_copies_and_validates():
     atoms = bulk("Li", "bcc", a=3.44, cubic=True)
     frame = labelled_frame(atoms, -3.8, np.zeros((2, 3)), stress=np.eye(3) * 0.01)

@@ -3,9 +3,10 @@
 Every frame read is validated (energy and forces present, right shapes, finite); a bad frame
 raises :class:`~otf_statcut.errors.DataError` naming the file and the frame index.
 
-Other formats plug in through :func:`register_format` (the HDF5 datasets written by
-:mod:`otf_statcut.io` are added there by that package), so callers only ever use
-:func:`read_frames` / :func:`write_frames`.
+Other formats plug in through :func:`register_format`, so callers only ever use
+:func:`read_frames` / :func:`write_frames`. ``.h5``/``.hdf5`` files are read (not written) as
+the labelled data set of an otf-statcut run file, through :class:`otf_statcut.io.RunLog`, the
+one owner of the HDF5 layout (imported only when such a file is read).
 """
 
 from __future__ import annotations
@@ -183,5 +184,16 @@ def _plain_info(info: dict) -> dict:
     return plain
 
 
+# --- otf-statcut run files (HDF5) ----------------------------------------------------------------
+
+
+def _read_run_dataset(path: Path) -> list[Atoms]:
+    from otf_statcut.io.runlog import RunLog
+
+    with RunLog.open(path, "r") as log:
+        return log.read_frames()
+
+
 register_format((".extxyz", ".xyz"), "extended XYZ", _read_extxyz, _write_extxyz)
 register_format((".db",), "ASE database", _read_db, _write_db)
+register_format((".h5", ".hdf5"), "otf-statcut run file (HDF5)", _read_run_dataset)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -54,6 +55,8 @@ LABELS = {"ensemble": "Ensemble", "gp": "Sparse GP", "distance": "Distance", "or
 #: Largest number of points drawn per scatter series (keeps PNGs small).
 MAX_SCATTER = 4000
 DPI = 110
+#: Heat-map colours; grey where a score is undefined (0/0).
+_SWEEP_CMAP = colormaps["viridis"].with_extremes(bad="lightgray")
 
 
 @dataclass(frozen=True)
@@ -206,8 +209,7 @@ def sweeps_figure(first: dict, last: dict, method: str, title: str = "") -> Figu
         cut = data["fits"]["cutoffs"]
         for ax, key, name in zip(row, ("sweep_precision", "sweep_recall", "sweep_f1"), ("precision", "recall", "F1")):
             grid = np.ma.masked_invalid(np.asarray(data[key], dtype=float))
-            mesh = ax.pcolormesh(x, y, grid, vmin=0, vmax=1, cmap="viridis", shading="nearest")
-            mesh.cmap.set_bad("lightgray")
+            mesh = ax.pcolormesh(x, y, grid, vmin=0, vmax=1, cmap=_SWEEP_CMAP, shading="nearest")
             ax.axvline(cut["minimum"], color="black", ls=":", lw=1.5)
             ax.axhline(cut["error_cutoff"], color="black", ls=":", lw=1.5)
             ax.set_xlabel("uncertainty cutoff (eV/Å)")

@@ -24,7 +24,8 @@ def frames(n: int = 6, seed: int = 0):
         atoms = bulk("Li", "bcc", a=3.44, cubic=True).repeat(2)
         atoms.positions += rng.normal(scale=0.1, size=atoms.positions.shape)
         atoms.calc = MorsePotential(epsilon=0.1, r0=3.0, rho0=4.0, rcut1=4.0, rcut2=5.0)
-        out.append(labelled_frame(atoms, atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()))
+        labels = atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
+        out.append(labelled_frame(atoms, *labels))
     return out
 
 
@@ -38,7 +39,8 @@ def trained():
 def test_save_load_gives_identical_predictions(trained, tmp_path):
     potential, data = trained
     potential.save(tmp_path / "model")
-    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["history.json", "potential.json", "weights.pt"]
+    names = sorted(p.name for p in (tmp_path / "model").iterdir())
+    assert names == ["history.json", "potential.json", "weights.pt"]
     loaded = NequIPPotential.load(tmp_path / "model", species=["Li"])
     assert loaded.config == potential.config and loaded.statistics == potential.statistics
     for a, b in zip(potential.predict(data), loaded.predict(data)):

@@ -45,7 +45,8 @@ def li_cells(n: int, seed: int = 0, rattle: float = 0.08, strain: float = 0.02):
         atoms.set_cell(atoms.cell @ deform, scale_atoms=True)
         atoms.positions += rng.normal(scale=rattle, size=atoms.positions.shape)
         atoms.calc = MorsePotential(epsilon=0.1, r0=3.0, rho0=4.0, rcut1=4.0, rcut2=5.0)
-        frames.append(labelled_frame(atoms, atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()))
+        labels = atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
+        frames.append(labelled_frame(atoms, *labels))
     return frames
 
 
@@ -215,7 +216,8 @@ def test_calculator_hook_sees_raw_output(potential, frames):
 
         def save_extra_outputs(self, out):
             seen["keys"] = set(out)
-            self.results["latent_norm"] = np.linalg.norm(out["node_features"].detach().double().numpy(), axis=1)
+            latent = out["node_features"].detach().double().numpy()
+            self.results["latent_norm"] = np.linalg.norm(latent, axis=1)
 
     atoms = probe(frames)
     atoms.calc = Hooked(potential)

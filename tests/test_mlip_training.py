@@ -53,7 +53,9 @@ def loss_of(potential, frames, config: TrainConfig) -> float:
     s = np.array([p.stress - frame_stress(a) for p, a in zip(predictions, frames)])
     # a stress tensor has 9 components, of which the 3 shear ones appear twice
     s_mse = (np.sum(s[:, :3] ** 2) + 2 * np.sum(s[:, 3:] ** 2)) / (9 * len(frames))
-    return config.energy_weight * np.mean(e**2) + config.forces_weight * np.mean(f**2) + config.stress_weight * s_mse
+    weighted = (config.energy_weight * np.mean(e**2), config.forces_weight * np.mean(f**2),
+                config.stress_weight * s_mse)
+    return sum(weighted)
 
 
 def test_fit_returns_self_and_restores_best_weights(data):
@@ -105,7 +107,9 @@ def test_warm_start_continues_cold_start_rebuilds(data):
 
 
 def test_stress_labels_are_fitted_and_optional(data):
-    config = TrainConfig(max_epochs=6, energy_weight=0.0, forces_weight=0.0, stress_weight=1.0, learning_rate=0.02)
+    config = TrainConfig(
+        max_epochs=6, energy_weight=0.0, forces_weight=0.0, stress_weight=1.0, learning_rate=0.02
+    )
     potential = NequIPPotential.build(SMALL, data["train"]).fit(data["train"], data["val"], config)
     assert potential.history.best_val_loss < 0.5 * potential.history.initial_val_loss
     # frames with and without stress train together; stress-free frames add no stress term
@@ -154,8 +158,12 @@ def test_bad_training_data_is_refused(data):
 
 @pytest.mark.parametrize(
     "kwargs, key",
-    [({"max_epochs": 0}, "max_epochs"), ({"lr_factor": 1.5}, "lr_factor"), ({"energy_weight": -1}, "energy_weight"),
-     ({"energy_weight": 0, "forces_weight": 0, "stress_weight": 0}, "weight")],
+    [
+        ({"max_epochs": 0}, "max_epochs"),
+        ({"lr_factor": 1.5}, "lr_factor"),
+        ({"energy_weight": -1}, "energy_weight"),
+        ({"energy_weight": 0, "forces_weight": 0, "stress_weight": 0}, "weight"),
+    ],
 )
 def test_train_config_validation(kwargs, key):
     with pytest.raises(ConfigError, match=key):
@@ -164,9 +172,14 @@ def test_train_config_validation(kwargs, key):
 
 @pytest.mark.parametrize(
     "kwargs, key",
-    [({"species": ()}, "species"), ({"species": ("Xx",)}, "species"), ({"species": ("Li", "Li")}, "species"),
-     ({"species": ("Li",), "r_max": 0}, "r_max"), ({"species": ("Li",), "model_dtype": "float16"}, "model_dtype"),
-     ({"species": ("Li",), "num_layers": 0}, "num_layers")],
+    [
+        ({"species": ()}, "species"),
+        ({"species": ("Xx",)}, "species"),
+        ({"species": ("Li", "Li")}, "species"),
+        ({"species": ("Li",), "r_max": 0}, "r_max"),
+        ({"species": ("Li",), "model_dtype": "float16"}, "model_dtype"),
+        ({"species": ("Li",), "num_layers": 0}, "num_layers"),
+    ],
 )
 def test_model_config_validation(kwargs, key):
     with pytest.raises(ConfigError, match=key):
@@ -209,6 +222,7 @@ def test_training_on_mlearn_li_aimd_reaches_force_rmse(mlearn_li, record_propert
     record_property("test_force_rmse", test_rmse)
     print(f"\nmlearn Li AIMD: val force RMSE {val_rmse:.4f} eV/Å, test {test_rmse:.4f} eV/Å "
           f"(reference force RMS {reference_rms:.3f}), {potential.history.seconds:.1f} s")
-    assert val_rmse == pytest.approx(potential.history.epochs[potential.history.best_epoch - 1].val_forces_rmse, rel=1e-4)
+    best = potential.history.epochs[potential.history.best_epoch - 1]
+    assert val_rmse == pytest.approx(best.val_forces_rmse, rel=1e-4)
     assert val_rmse < AIMD_FORCE_RMSE_BOUND
     assert test_rmse < AIMD_FORCE_RMSE_BOUND

@@ -19,7 +19,14 @@ from ase import Atoms
 from otf_statcut.data.frames import frame_energy, frame_forces, frame_stress, validate_frame
 from otf_statcut.errors import DataError
 
-__all__ = ["ensure_nequip_state", "float64_default", "GraphConverter", "DataStatistics", "compute_statistics", "batch_graphs"]
+__all__ = [
+    "ensure_nequip_state",
+    "float64_default",
+    "GraphConverter",
+    "DataStatistics",
+    "compute_statistics",
+    "batch_graphs",
+]
 
 
 def ensure_nequip_state() -> None:

@@ -128,7 +128,8 @@ def _loss_terms(out: dict, batch: dict, config: TrainConfig) -> tuple[torch.Tens
 
 def _batches(graphs: Sequence[dict], batch_size: int, order: Sequence[int]) -> list[dict]:
     order = list(order)
-    return [batch_graphs([graphs[i] for i in order[k : k + batch_size]]) for k in range(0, len(order), batch_size)]
+    chunks = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+    return [batch_graphs([graphs[i] for i in chunk]) for chunk in chunks]
 
 
 def evaluate_model(model: torch.nn.Module, batches: Sequence[dict], config: TrainConfig) -> _Metrics:

@@ -268,7 +268,7 @@ class NequIPPotential:
             raise DataError("fit needs at least one labelled training frame")
         ensure_nequip_state()
         train_graphs = self.converter.labelled_graphs(train, "training frames")
-        val_graphs = self.converter.labelled_graphs(val or [], "validation frames")
+        val_graphs = self.converter.labelled_graphs(list(val) if val is not None else [], "validation frames")
         if not warm_start:
             self.statistics = compute_statistics(train, train_graphs, self.species)
             self.model = _build_model(self._config, self.statistics)

@@ -44,7 +44,7 @@ def traj_row(step, atoms, rng):
             "numbers": atoms.numbers, "energy": -1.0 * step, "forces": rng.normal(size=(n, 3)),
             "stress": None if step % 2 else rng.normal(size=6), "sigma": rng.random(n),
             "max_sigma": 0.5, "decision": step % 3, "source": int(step % 3 > 0), "temperature_K": 300.0 + step,
-            "model": 0}
+            "model": 0, "wall_time_s": 0.1 * step}
 
 
 def test_create_append_and_read_with_plain_h5py(tmp_path):
@@ -157,7 +157,7 @@ WRITER = textwrap.dedent(
         log.append_trajectory(dict(step=step, time_fs=float(step), positions=atoms.positions, cell=atoms.cell[:],
                                    numbers=atoms.numbers, energy=frame.get_potential_energy(),
                                    forces=frame.get_forces(), stress=None, sigma=np.zeros(4), max_sigma=0.0,
-                                   decision=1, source=1, temperature_K=0.0, model=0))
+                                   decision=1, source=1, temperature_K=0.0, model=0, wall_time_s=0.0))
         log.append_frame(frame, step=step, reason="label", split=0)
         log.flush()
     # unflushed rows, then an abrupt death: they may be lost, the flushed ones must not be

@@ -26,6 +26,7 @@ Layout (schema ``otf-statcut/run``, version :data:`SCHEMA_VERSION`); ``T`` traje
         source        int8 (T,)         what the step used: 0 MLIP, 1 reference label
         temperature_K float64 (T,)      instantaneous kinetic temperature
         model         int32 (T,)        id of the model (row of /models) that screened the step
+        wall_time_s   float64 (T,)      wall time of the run when the step was recorded, s
     /dataset/              every labelled frame, initial ones included (ragged: per-atom arrays
                            concatenated; frame i is atoms offset[i] : offset[i] + n_atoms[i])
         offset, n_atoms int64 (F,)
@@ -45,8 +46,9 @@ Layout (schema ``otf-statcut/run``, version :data:`SCHEMA_VERSION`); ``T`` traje
         labeler       str (F,)          labeller settings (JSON)
         key           str (F,)          configuration fingerprint (duplicate check on resume)
     /models/               one row per trained model
-        model, step, reason, warm_start, n_train, n_val, epochs, train_time_s,
-        val_force_mae, val_force_rmse (eV/Å), val_energy_mae (eV/atom), head_nll, path
+        model, step, reason (initial | every | halt), warm_start, n_train, n_val, epochs,
+        train_time_s, val_force_mae, val_force_rmse (force components, eV/Å),
+        val_energy_mae (eV/atom), head_nll, path (model folder, relative to the run folder)
     /cutoffs/              one row per cutoff refit
         model, step, n, minimum, maximum, error_cutoff, max_error (eV/Å), clamped,
         error_fit, uncertainty_fit (JSON: name, params, ks_pvalue, n)
@@ -120,6 +122,7 @@ _TRAJECTORY = {
     "source": ("int8", ()),
     "temperature_K": ("float64", ()),
     "model": ("int32", ()),
+    "wall_time_s": ("float64", ()),
 }
 _DATASET_FRAME = {
     "offset": ("int64", ()),
@@ -420,7 +423,8 @@ class RunLog:
 
     def close(self) -> None:
         if self.file.id.valid:
-            self.file.flush()
+            if self.file.mode != "r":
+                self.file.flush()
             self.file.close()
 
     def __enter__(self):
@@ -485,7 +489,8 @@ class RunLog:
 # --- plain readers -----------------------------------------------------------------------------
 def read_table(path, table: str) -> dict[str, np.ndarray]:
     """All columns of one table as arrays (strings decoded)."""
-    with h5py.File(path, "r") as f:
+    with RunLog.open(path, "r") as runlog:
+        f = runlog.file
         if table not in f:
             return {}
         g = f[table]
@@ -499,8 +504,8 @@ def read_dataset(path) -> list[Atoms]:
     ``info`` of each frame: ``step``, ``reason``, ``split`` ("train"/"val"), ``max_sigma``,
     ``wall_time_s``, ``attempts``, ``labeler`` (JSON), ``key``, ``index``.
     """
-    with h5py.File(path, "r") as f:
-        return _frames(f["dataset"], None)
+    with RunLog.open(path, "r") as runlog:
+        return _frames(runlog.file["dataset"], None)
 
 
 def read_trajectory(path) -> tuple[list[Atoms], dict[str, np.ndarray]]:

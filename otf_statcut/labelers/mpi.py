@@ -46,6 +46,8 @@ class MPIDrivenLabeler(Labeler):
         The labeller; constructed on every rank with the same settings.
     comm : mpi4py communicator or None
         Defaults to ``COMM_WORLD`` when ``inner.collective`` is true, otherwise no communication.
+        A labeller that is not collective, given a communicator, runs on rank 0 alone while the
+        other ranks wait in :meth:`serve` for :meth:`stop`.
 
     Notes
     -----
@@ -65,7 +67,7 @@ class MPIDrivenLabeler(Labeler):
         self.rank = 0 if comm is None else comm.Get_rank()
         self.size = 1 if comm is None else comm.Get_size()
         self._stopped = False
-        if self._parallel:
+        if self._parallel and self.collective:
             from mpi4py import MPI
 
             inner._agree = lambda ok: bool(comm.allreduce(bool(ok), op=MPI.LAND))
@@ -85,7 +87,7 @@ class MPIDrivenLabeler(Labeler):
         """Label on all ranks (call on rank 0 only)."""
         if not self.is_root:
             raise RuntimeError("MPIDrivenLabeler.label is called on rank 0; other ranks call serve()")
-        if self._parallel:
+        if self._parallel and self.collective:
             self._send_header(_LABEL)
             self.comm.bcast(_pack(atoms), root=0)
         self.n_calls += 1

@@ -1,0 +1,391 @@
+"""Build a run from its config and drive it: ``otf-statcut run input.yaml`` without the CLI.
+
+The loop reads top to bottom (:meth:`OTFRun.execute`): open or create the run log, start fresh
+(label the initial structures, train the first model, fit head and cutoffs) or resume from the
+last checkpoint, attach the observers (recorder, progress bar) to the ASE dynamics, iterate
+``dyn.irun``, close. Every decision happens inside
+:class:`~otf_statcut.engine.calculator.OTFCalculator`.
+
+Under ``mpiexec -n N`` every rank calls :func:`run_otf`; rank 0 runs the MD and the MLIP, the
+other ranks serve the labeller (GPAW) until rank 0 is done (see
+:mod:`otf_statcut.labelers.mpi`).
+
+Resume: re-running with the same input continues from the last checkpoint. Trajectory rows
+after it are dropped and recomputed; labelled frames are never dropped, and a configuration
+already in the data set is reused instead of labelled (or stored) again. Thermostat random
+numbers continue from the stored generator state; the trajectory after a resume is a valid
+continuation, not bit-identical to an uninterrupted run (floating-point reductions in the MLIP
+and DFT are not bitwise reproducible).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import RunConfig
+from ..errors import ConfigError, DataError
+from ..io.runlog import RunLog, read_table
+from .calculator import OTFCalculator
+from .dynamics import dynamics_state, make_dynamics, restore_dynamics_state, set_velocities
+from .learner import Learner, sampling_size
+from .observers import ProgressBar, RunRecorder, write_events
+from .system import build_structure, rattled_copies
+
+__all__ = ["OTFRun", "RunSummary", "run_otf", "RUN_FILE", "MODELS_DIR", "labels_per_window"]
+
+log = logging.getLogger("otf_statcut.engine")
+
+#: File name of the run log inside ``output.folder``.
+RUN_FILE = "run.h5"
+#: Folder of saved models inside ``output.folder``.
+MODELS_DIR = "models"
+#: Settings that may change between sessions of one run (everything else must match to resume).
+_MAY_CHANGE = {("md", "steps"), ("output",)}
+
+
+@dataclass
+class RunSummary:
+    """What a run did (all sessions)."""
+
+    path: Path
+    status: str
+    steps: int
+    total_steps: int
+    session_steps: int
+    session_wall_s: float
+    n_initial: int
+    n_labels: int
+    n_models: int
+    n_failures: int
+    minimum: float
+    maximum: float
+    val_force_mae: float
+    val_force_rmse: float
+    val_energy_mae: float
+    labels_per_100: list = field(default_factory=list)
+
+    @property
+    def steps_per_s(self) -> float:
+        return self.session_steps / self.session_wall_s if self.session_wall_s > 0 else float("nan")
+
+    def lines(self) -> list[str]:
+        """Human-readable summary (the CLI prints it)."""
+        return [
+            f"run file: {self.path} (status: {self.status})",
+            f"MD steps: {self.steps}/{self.total_steps}; this session {self.session_steps} steps in "
+            f"{self.session_wall_s:.1f} s ({self.steps_per_s:.2f} steps/s, labelling and training included)",
+            f"labels: {self.n_initial} initial + {self.n_labels} during MD ({self.n_failures} failed); "
+            f"models trained: {self.n_models}",
+            f"labels per 100 steps: {self.labels_per_100}",
+            f"cutoffs (σ, eV/Å): minimum {self.minimum:.4g}, maximum {self.maximum:.4g}",
+            f"last model on validation: force MAE {self.val_force_mae:.4f} eV/Å, force RMSE "
+            f"{self.val_force_rmse:.4f} eV/Å, energy MAE {1000 * self.val_energy_mae:.2f} meV/atom",
+        ]
+
+
+def labels_per_window(steps: np.ndarray, total_steps: int, window: int = 100) -> list[int]:
+    """Number of MD labels in each window of ``window`` steps (initial frames, step -1, excluded)."""
+    steps = np.asarray(steps)
+    steps = steps[steps >= 0]
+    n_windows = max(1, -(-int(total_steps) // window))
+    return np.bincount(np.minimum(steps // window, n_windows - 1).astype(int), minlength=n_windows).tolist()
+
+
+class OTFRun:
+    """One on-the-fly run on rank 0.
+
+    Parameters
+    ----------
+    config : RunConfig
+    labeler : Labeler
+        The reference method (on rank 0; wrapped for MPI by :func:`run_otf`).
+    progress : bool, optional
+        Override ``output.progress``.
+    overwrite : bool
+        Start over even if the output folder holds a run.
+    """
+
+    def __init__(self, config: RunConfig, labeler, *, progress: bool | None = None, overwrite: bool = False):
+        self.config = config
+        self.labeler = labeler
+        self.progress = config.output.progress if progress is None else progress
+        self.overwrite = overwrite
+        self.folder = Path(config.output.folder)
+        self.path = self.folder / RUN_FILE
+        self.where = str(config.source) if config.source is not None else "run input"
+
+    # --- the loop ------------------------------------------------------------------------------
+    def execute(self) -> RunSummary:
+        """Run (or resume) to ``md.steps`` and return the summary."""
+        cfg = self.config
+        self.folder.mkdir(parents=True, exist_ok=True)
+        runlog = self._open_log()
+        status = "failed"
+        try:
+            start_atoms = build_structure(cfg.system, self.where)
+            checkpoint = runlog.read_checkpoint()
+            if checkpoint is None:
+                learner, atoms, rng = self._fresh(runlog, start_atoms)
+                step0, wall0, dyn_state = 0, 0.0, {}
+            else:
+                learner, atoms, rng = self._resume(runlog, start_atoms, checkpoint)
+                step0, wall0, dyn_state = checkpoint.step, checkpoint.wall_time_s, checkpoint.dynamics
+            write_events(runlog, learner.events)
+            runlog.flush()
+            remaining = cfg.md.steps - step0
+            calc = OTFCalculator(learner, self.labeler, lookup=self._lookup(runlog))
+            atoms.calc = calc
+            dyn = make_dynamics(atoms, cfg.md, rng)
+            restore_dynamics_state(cfg.md.ensemble, dyn, dyn_state)
+            recorder = RunRecorder(runlog, dyn, calc, step_offset=step0, timestep_fs=cfg.md.timestep_fs,
+                                   trajectory_every=cfg.output.trajectory_every,
+                                   checkpoint_every=cfg.output.checkpoint_every, rng=rng,
+                                   dynamics_state=lambda: dynamics_state(cfg.md.ensemble, dyn), wall_offset=wall0)
+            dyn.attach(recorder, interval=1)
+            bar = None
+            if self.progress:
+                bar = ProgressBar(cfg.md.steps, step0, calc, recorder)
+                dyn.attach(bar, interval=1)
+            session_start = time.perf_counter()
+            try:
+                if remaining > 0:
+                    for _ in dyn.irun(steps=remaining):
+                        pass
+            finally:
+                if bar is not None:
+                    bar.close()
+            session_wall = time.perf_counter() - session_start
+            if recorder.checkpoint_step < recorder.step:
+                recorder.checkpoint(recorder.step)
+            status = "finished" if recorder.step >= cfg.md.steps else "running"
+            runlog.set_status(status)
+            runlog.flush()
+            return self._summary(runlog, learner, calc, status, max(remaining, 0), session_wall)
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            if status not in ("finished", "running"):
+                runlog.set_status(status)
+            runlog.close()
+
+    # --- start or resume ---------------------------------------------------------------------
+    def _open_log(self) -> RunLog:
+        cfg = self.config
+        if self.path.exists() and not self.overwrite:
+            runlog = RunLog.open(self.path)
+            try:
+                _check_same_run(runlog.config, cfg.to_dict(), self.path)
+            except ConfigError:
+                runlog.close()
+                raise
+            return runlog
+        return RunLog.create(self.path, input_text=cfg.text, config=cfg.to_dict(), overwrite=self.overwrite)
+
+    def _learner(self, potential, n_atoms: int) -> Learner:
+        from ..uq import make_head
+
+        cfg = self.config
+        head_settings = dict(cfg.head.settings)
+        return Learner(
+            potential=potential,
+            head_factory=lambda: make_head(cfg.head.name, **head_settings),
+            train_config=cfg.train_config(), retrain_config=cfg.train_config(retrain=True),
+            n_sampling=sampling_size(cfg.cutoffs.n, cfg.md.steps, n_atoms),
+            max_error=cfg.cutoffs.max_error, candidates=cfg.cutoffs.candidates, robust=cfg.cutoffs.robust,
+            retrain_every=cfg.retrain.every, warm_start=cfg.retrain.warm_start,
+            val_fraction=cfg.initial_data.val_fraction, model_dir=self.folder / MODELS_DIR,
+        )
+
+    def _fresh(self, runlog: RunLog, start: Any):
+        """Initial data set, first model, initial velocities."""
+        from ..data import read_frames, species_of, train_val_split
+        from ..mlip import NequIPPotential
+
+        cfg = self.config
+        init = cfg.initial_data
+        if init.file is not None:
+            frames = read_frames(init.file)
+            if len(frames) < 2:
+                raise DataError(f"{self.where}: initial_data.file: {init.file} holds {len(frames)} frame(s); "
+                                "need at least 2 (training and validation)")
+            labeler_settings: Any = json.dumps({"file": str(init.file)})
+        else:
+            lookup = self._lookup(runlog)
+            frames = []
+            for copy in rattled_copies(start, init.rattled, init.rattle_stdev, init.strain, init.seed):
+                known = lookup(_key(copy))  # labelled before an interruption: not labelled again
+                frames.append(known if known is not None else self.labeler.label(copy))
+            labeler_settings = self.labeler.settings()
+        splits = np.zeros(len(frames), dtype=int)
+        _, val = train_val_split(list(range(len(frames))), init.val_fraction, seed=init.seed)
+        splits[val] = 1
+        species = sorted(set(species_of(frames)) | set(start.get_chemical_symbols()))
+        potential = NequIPPotential.build(cfg.model_config(species), [f for f, s in zip(frames, splits) if s == 0])
+        learner = self._learner(potential, len(start))
+        learner.extend_initial(frames, splits, labeler=labeler_settings)
+        write_events(runlog, learner.events)  # the initial labels are safe before training starts
+        runlog.flush()
+        learner.fit(step=-1, reason="initial", first=True)
+        rng = np.random.default_rng(cfg.md.seed)
+        atoms = start.copy()
+        set_velocities(atoms, cfg.md.temperature_K, rng)
+        return learner, atoms, rng
+
+    def _resume(self, runlog: RunLog, start: Any, checkpoint):
+        """Data set from the log, model and cutoffs of the checkpoint, MD state, RNG state."""
+        from ..mlip import NequIPPotential
+        from ..uq import load_head
+
+        frames = runlog.read_frames()
+        models = read_table(self.path, "models")
+        rows = np.flatnonzero(models["model"] == checkpoint.model)
+        if not rows.size:
+            raise DataError(f"{self.path}: checkpoint refers to model {checkpoint.model}, which /models lacks")
+        folder = self.folder / str(models["path"][rows[-1]])
+        potential = NequIPPotential.load(folder / "potential")
+        learner = self._learner(potential, len(checkpoint.numbers))
+        learner.head = load_head(folder / "head", potential)
+        learner.model_id = checkpoint.model
+        learner.cutoffs = _cutoffs_of(self.path, checkpoint.model)
+        splits = [1 if f.info["split"] == "val" else 0 for f in frames]
+        learner.frames, learner.splits = list(frames), splits
+        learner.n_labels = sum(f.info["reason"] != "initial" for f in frames)
+        after = len(frames) - checkpoint.dataset_rows  # labels stored after the checkpoint (kept)
+        learner.labels_since_retrain = checkpoint.labels_since_retrain + max(after, 0)
+        dropped = runlog.truncate_trajectory(checkpoint.step)
+        log.info("resuming at step %d (model %d, %d frames; %d trajectory rows recomputed)",
+                 checkpoint.step, checkpoint.model, len(frames), dropped)
+        if checkpoint.retrain_pending or learner.retrain_due:
+            learner.fit(step=checkpoint.step, reason="every")
+        rng = np.random.default_rng()
+        if checkpoint.rng:
+            rng.bit_generator.state = checkpoint.rng
+        return learner, checkpoint.atoms(), rng
+
+    def _lookup(self, runlog: RunLog):
+        cache: dict[str, Any] = {}
+
+        def lookup(key: str):
+            if key in cache:
+                return cache[key]
+            if not runlog.has_key(key):
+                return None
+            frame = runlog.read_frames([runlog.frame_index(key)])[0]
+            cache[key] = frame
+            return frame
+
+        return lookup
+
+    def _summary(self, runlog: RunLog, learner: Learner, calc: OTFCalculator, status: str, session_steps: int,
+                 session_wall: float) -> RunSummary:
+        runlog.flush()
+        data = read_table(self.path, "dataset")
+        models = read_table(self.path, "models")
+        failures = read_table(self.path, "failures")
+        steps = data.get("step", np.array([], dtype=int))
+        cp = runlog.read_checkpoint()
+        last = -1
+        return RunSummary(
+            path=self.path, status=status, steps=cp.step if cp else 0, total_steps=self.config.md.steps,
+            session_steps=session_steps, session_wall_s=session_wall, n_initial=int(np.sum(steps < 0)),
+            n_labels=int(np.sum(steps >= 0)), n_models=len(models.get("model", [])),
+            n_failures=len(failures.get("step", [])), minimum=float(learner.cutoffs.minimum),
+            maximum=float(learner.cutoffs.maximum), val_force_mae=float(models["val_force_mae"][last]),
+            val_force_rmse=float(models["val_force_rmse"][last]), val_energy_mae=float(models["val_energy_mae"][last]),
+            labels_per_100=labels_per_window(steps, self.config.md.steps),
+        )
+
+
+def run_otf(config: RunConfig, *, labeler=None, comm=None, progress: bool | None = None,
+            overwrite: bool = False) -> RunSummary | None:
+    """Run on every MPI rank: rank 0 drives and returns the summary, other ranks serve and return None.
+
+    Parameters
+    ----------
+    config : RunConfig
+    labeler : Labeler, optional
+        A labeller from Python (e.g. ``ASECalculatorLabeler(MyCalculator())``); default: the
+        registry entry ``config.labeler`` built on every rank.
+    comm : mpi4py communicator, optional
+        Defaults to ``COMM_WORLD`` when mpi4py is importable.
+    progress, overwrite
+        See :class:`OTFRun`.
+    """
+    from ..labelers import make_labeler
+    from ..labelers.mpi import MPIDrivenLabeler
+
+    if comm is None:
+        try:
+            from ..labelers.mpi import world_comm
+
+            comm = world_comm()
+        except ImportError:  # pragma: no cover - mpi4py is a dependency
+            comm = None
+    if labeler is None:
+        lc = config.labeler
+        labeler = make_labeler(lc.name, lc.settings, retries=lc.retries, max_force=lc.max_force)
+    driven = MPIDrivenLabeler(labeler, comm=comm if comm is not None and comm.Get_size() > 1 else None)
+    if not driven.is_root:
+        driven.serve()
+        return None
+    try:
+        return OTFRun(config, driven, progress=progress, overwrite=overwrite).execute()
+    finally:
+        driven.close()
+
+
+def _key(atoms) -> str:
+    from ..io.runlog import configuration_key
+
+    return configuration_key(atoms)
+
+
+def _cutoffs_of(path: Path, model: int):
+    """The CutoffSet recorded last for ``model`` (rebuilt from the stored fits)."""
+    from ..stats import CutoffSet, DistributionFit
+
+    table = read_table(path, "cutoffs")
+    rows = np.flatnonzero(table["model"] == model)
+    if not rows.size:
+        raise DataError(f"{path}: no cutoffs recorded for model {model}")
+    i = rows[-1]
+    return CutoffSet(
+        error_fit=DistributionFit.from_dict(json.loads(table["error_fit"][i])),
+        uncertainty_fit=DistributionFit.from_dict(json.loads(table["uncertainty_fit"][i])),
+        n=int(table["n"][i]), error_cutoff=float(table["error_cutoff"][i]), minimum=float(table["minimum"][i]),
+        maximum=float(table["maximum"][i]), max_error=float(table["max_error"][i]),
+    )
+
+
+def _check_same_run(stored: dict, current: dict, path: Path) -> None:
+    """Refuse to resume a run whose settings differ (except those in ``_MAY_CHANGE``)."""
+    diffs: list[str] = []
+
+    def walk(a, b, prefix: tuple):
+        if prefix in _MAY_CHANGE or prefix[:1] in _MAY_CHANGE:
+            return
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                walk(a.get(k), b.get(k), prefix + (k,))
+        elif _norm(a) != _norm(b):
+            diffs.append(f"{'.'.join(prefix)}: {_norm(a)!r} -> {_norm(b)!r}")
+
+    walk(stored, json.loads(json.dumps(current, default=str)), ())
+    if diffs:
+        raise ConfigError(f"{path} holds a run with other settings ({'; '.join(diffs[:3])}"
+                          f"{'; ...' if len(diffs) > 3 else ''}); to resume use the same input, or choose "
+                          "another output.folder, or pass --overwrite to start over")
+
+
+def _norm(value):
+    if isinstance(value, tuple):
+        return list(value)
+    return value

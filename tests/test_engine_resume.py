@@ -1,0 +1,98 @@
+"""Resume after ``kill -9``: the run continues from its last checkpoint, no labelled frame is lost
+or stored twice, and the trajectory has every step exactly once."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from otf_statcut.io.runlog import read_dataset, read_table
+
+pytestmark = pytest.mark.slow
+
+CONFIG = {
+    "system": {"builder": {"element": "Cu", "lattice": "fcc", "supercell": [2, 2, 1]}},
+    "md": {"ensemble": "langevin", "temperature_K": 800, "timestep_fs": 2.0, "steps": 120, "friction": 0.02,
+           "seed": 3},
+    "initial_data": {"rattled": 4, "rattle_stdev": 0.08, "val_fraction": 0.5},
+    "mlip": {"model": {"num_features": 8, "num_layers": 1, "l_max": 1, "radial_mlp_width": 8, "r_max": 4.0},
+             "train": {"max_epochs": 8, "batch_size": 2, "patience": 5}, "threads": 1},
+    "head": {"name": "ensemble", "settings": {"n_members": 2, "train_config": {"max_epochs": 8, "batch_size": 2}}},
+    "labeler": {"name": "emt"},
+    "cutoffs": {"n": 40},
+    "retrain": {"every": 3, "train": {"max_epochs": 4}},
+    "output": {"folder": "out", "checkpoint_every": 7, "progress": False},
+}
+
+
+def snapshot(path):
+    """Checkpoint step and data-set size of a file being written (None while unreadable)."""
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            if "checkpoint" not in f:
+                return None
+            return int(f["checkpoint"].attrs["step"]), int(np.sum(f["dataset/step"][:] >= 0))
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def test_resume_after_kill_9_keeps_every_label_once(tmp_path):
+    config = copy.deepcopy(CONFIG)
+    (tmp_path / "input.yaml").write_text(yaml.safe_dump(config))
+    run_file = tmp_path / "out" / "run.h5"
+    cmd = [sys.executable, "-m", "otf_statcut.cli", "run", "input.yaml"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    state = None
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            state = snapshot(run_file) if run_file.exists() else None
+            if state is not None and state[0] >= 30 and state[1] >= 2:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
+        time.sleep(0.37)  # land somewhere inside a step
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+    before = read_dataset(run_file)
+    traj_before = read_table(run_file, "trajectory")
+    with h5py.File(run_file, "r") as f:
+        killed_at = int(f["checkpoint"].attrs["step"])
+        assert f.attrs["status"] == "running"
+    assert 30 <= killed_at < 120
+
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "MD steps: 120/120" in done.stdout
+
+    after = read_dataset(run_file)
+    keys_before = [f.info["key"] for f in before]
+    keys_after = [f.info["key"] for f in after]
+    assert keys_after[: len(keys_before)] == keys_before  # nothing lost, order kept
+    assert len(set(keys_after)) == len(keys_after)  # nothing stored twice
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a.get_forces(), b.get_forces())
+    traj = read_table(run_file, "trajectory")
+    np.testing.assert_array_equal(traj["step"], np.arange(121))  # every step exactly once
+    keep = traj_before["step"] <= killed_at  # rows up to the checkpoint are kept as they were
+    np.testing.assert_array_equal(traj["positions"][: keep.sum()], traj_before["positions"][keep])
+    with h5py.File(run_file, "r") as f:
+        assert f.attrs["status"] == "finished" and int(f["checkpoint"].attrs["step"]) == 120
+    models = read_table(run_file, "models")
+    np.testing.assert_array_equal(models["model"], np.arange(len(models["model"])))

@@ -32,6 +32,7 @@ import numpy as np
 from ..config import RunConfig
 from ..errors import ConfigError, DataError
 from ..io.runlog import RunLog, read_table
+from ..labelers.base import LabelingError
 from .calculator import OTFCalculator
 from .dynamics import dynamics_state, make_dynamics, restore_dynamics_state, set_velocities
 from .learner import Learner, sampling_size
@@ -206,7 +207,7 @@ class OTFRun:
 
     def _fresh(self, runlog: RunLog, start: Any):
         """Initial data set, first model, initial velocities."""
-        from ..data import read_frames, species_of, train_val_split
+        from ..data import read_frames, species_of
         from ..mlip import NequIPPotential
 
         cfg = self.config
@@ -216,28 +217,42 @@ class OTFRun:
             if len(frames) < 2:
                 raise DataError(f"{self.where}: initial_data.file: {init.file} holds {len(frames)} frame(s); "
                                 "need at least 2 (training and validation)")
-            labeler_settings: Any = json.dumps({"file": str(init.file)})
+            splits = _initial_splits(len(frames), init)
+            for frame, split in zip(frames, splits):
+                self._store_initial(runlog, frame, split, json.dumps({"file": str(init.file)}))
         else:
+            copies = rattled_copies(start, init.rattled, init.rattle_stdev, init.strain, init.seed)
+            splits = _initial_splits(len(copies), init)
             lookup = self._lookup(runlog)
             frames = []
-            for copy in rattled_copies(start, init.rattled, init.rattle_stdev, init.strain, init.seed):
-                known = lookup(_key(copy))  # labelled before an interruption: not labelled again
-                frames.append(known if known is not None else self.labeler.label(copy))
-            labeler_settings = self.labeler.settings()
-        splits = np.zeros(len(frames), dtype=int)
-        _, val = train_val_split(list(range(len(frames))), init.val_fraction, seed=init.seed)
-        splits[val] = 1
+            for copy, split in zip(copies, splits):
+                frame = lookup(_key(copy))  # labelled before an interruption: not labelled again
+                if frame is None:
+                    try:
+                        frame = self.labeler.label(copy)
+                    except LabelingError as exc:
+                        raise DataError(f"{self.where}: initial_data: the {self.labeler.name} labeller failed on "
+                                        f"rattled structure {len(frames) + 1} of {len(copies)} ({exc}); check "
+                                        "labeler.settings and initial_data.rattle_stdev") from exc
+                    self._store_initial(runlog, frame, split, self.labeler.settings())  # safe at once
+                frames.append(frame)
         species = sorted(set(species_of(frames)) | set(start.get_chemical_symbols()))
         potential = NequIPPotential.build(cfg.model_config(species), [f for f, s in zip(frames, splits) if s == 0])
         learner = self._learner(potential, len(start))
-        learner.extend_initial(frames, splits, labeler=labeler_settings)
-        write_events(runlog, learner.events)  # the initial labels are safe before training starts
-        runlog.flush()
-        learner.fit(step=-1, reason="initial", first=True)
+        learner.extend_initial(frames, splits, record=False)
+        learner.model_id = runlog.rows("models") - 1  # a session killed before its first checkpoint
+        learner.fit(step=-1, reason="initial", first=True)  # may have trained models: keep ids unique
         rng = np.random.default_rng(cfg.md.seed)
         atoms = start.copy()
         set_velocities(atoms, cfg.md.temperature_K, rng)
         return learner, atoms, rng
+
+    @staticmethod
+    def _store_initial(runlog: RunLog, frame, split: int, labeler) -> None:
+        key = _key(frame)
+        if not runlog.has_key(key):
+            runlog.append_frame(frame, step=-1, reason="initial", split=int(split), labeler=labeler, key=key)
+            runlog.flush()
 
     def _resume(self, runlog: RunLog, start: Any, checkpoint):
         """Data set from the log, model and cutoffs of the checkpoint, MD state, RNG state."""
@@ -340,6 +355,16 @@ def run_otf(config: RunConfig, *, labeler=None, comm=None, progress: bool | None
         return OTFRun(config, driven, progress=progress, overwrite=overwrite).execute()
     finally:
         driven.close()
+
+
+def _initial_splits(n: int, init) -> np.ndarray:
+    """0 (train) / 1 (validation) for the initial frames: a seeded split, fixed by count and seed."""
+    from ..data import train_val_split
+
+    splits = np.zeros(n, dtype=int)
+    _, val = train_val_split(list(range(n)), init.val_fraction, seed=init.seed)
+    splits[val] = 1
+    return splits
 
 
 def _key(atoms) -> str:

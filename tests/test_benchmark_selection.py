@@ -151,3 +151,14 @@ def test_seed_frames_reproducible_and_split():
     assert sum(is_val) == 1
     with pytest.raises(Exception, match="seed_frames"):
         seed_frames(5, p)
+
+
+def test_tasks_dealt_by_weight():
+    from otf_statcut.benchmark.runner import assign_tasks
+
+    tasks = [("li", m) for m in ("ensemble", "gp", "distance", "oracle", "random")]
+    two = assign_tasks(tasks, [3, 1, 1, 1, 1], 2)
+    assert two == [[tasks[0], tasks[4]], tasks[1:4]]
+    assert sorted(t for rank in two for t in rank) == sorted(tasks)
+    assert assign_tasks(tasks, [1] * 5, 1) == [tasks]
+    assert assign_tasks(tasks[:1], [1], 3) == [[tasks[0]], [], []]

@@ -1,9 +1,11 @@
 """Run a whole benchmark: every dataset × method, in turn or spread over MPI ranks.
 
 ``otf-statcut benchmark input.yaml`` runs every (dataset, method) pair in turn. Launched as
-``mpiexec -n K otf-statcut benchmark input.yaml``, the pairs are dealt round-robin to the K
-ranks (datasets first, so with one method per dataset each rank takes whole datasets, as in the
-paper's second test); each rank trains its own models with ``threads`` torch threads. All ranks
+``mpiexec -n K otf-statcut benchmark input.yaml``, the pairs are dealt to the K ranks,
+heaviest first to the least-loaded rank (an ensemble of n members weighs n, every other method
+1), so several datasets (the paper's second test) or several methods of one dataset run side
+by side; each rank trains its own models with ``threads`` torch threads (keep it 1 and use one
+rank per core: torch threads on a busy machine slow down badly). All ranks
 write to the one results file, one locked write per iteration (see
 :mod:`otf_statcut.io.benchmark_results`); rank 0 writes the CSV summary at the end.
 
@@ -29,7 +31,7 @@ from .config import BenchmarkConfig
 from .protocol import Observer, run_method
 from .replay import load_sampling_set
 
-__all__ = ["run_benchmark", "RESULTS_FILE", "SUMMARY_FILE", "CHECKPOINT_DIR", "world"]
+__all__ = ["run_benchmark", "assign_tasks", "task_weight", "RESULTS_FILE", "SUMMARY_FILE", "CHECKPOINT_DIR", "world"]
 
 log = logging.getLogger("otf_statcut.benchmark")
 
@@ -52,6 +54,26 @@ def world():
 
     comm = MPI.COMM_WORLD
     return comm if comm.Get_size() > 1 else None
+
+
+def task_weight(config: BenchmarkConfig, method: str) -> float:
+    """Relative cost of one dataset/method run: the ensemble trains ``n_members`` models."""
+    if method == "ensemble":
+        return float(config.head_settings("ensemble").get("n_members", 4))
+    return 1.0
+
+
+def assign_tasks(tasks: Sequence, weights: Sequence[float], size: int) -> list[list]:
+    """Deal tasks to ``size`` ranks: heaviest first, each to the least-loaded rank (ties: lower
+    rank, then input order). Deterministic, so every rank computes the same assignment; each
+    rank's list keeps the input order."""
+    loads = [0.0] * size
+    owner = {}
+    for index in sorted(range(len(tasks)), key=lambda i: (-weights[i], i)):
+        rank = min(range(size), key=lambda r: (loads[r], r))
+        loads[rank] += weights[index]
+        owner[index] = rank
+    return [[tasks[i] for i in range(len(tasks)) if owner[i] == r] for r in range(size)]
 
 
 def run_benchmark(config: BenchmarkConfig, output, *, restart: bool = False, comm=None,
@@ -128,7 +150,7 @@ def run_benchmark(config: BenchmarkConfig, output, *, restart: bool = False, com
 
     together(describe)
     tasks = [(spec.name, method) for spec in config.datasets for method in config.methods]
-    mine = tasks[rank::size]
+    mine = assign_tasks(tasks, [task_weight(config, method) for _, method in tasks], size)[rank]
     if size > 1:
         log.info("rank %d of %d runs %s", rank, size, ", ".join(f"{d}/{m}" for d, m in mine) or "nothing")
     total = len(mine) * config.protocol.max_iterations

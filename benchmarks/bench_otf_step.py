@@ -10,9 +10,11 @@ matter), then Langevin MD runs
 * ``otf+log``: the same, plus the run recorder that ``otf-statcut run`` attaches (one HDF5
   trajectory row per step, flushed every step; checkpoints every 10 steps).
 
-Each variant is warmed up, then timed ``--repeats`` times over ``--steps`` steps; the JSON keeps
-the minimum (least disturbed by other processes) and the median per-step time, and the ratios
-``otf / plain`` (target ≤ 1.10) and ``otf+log / plain``. Torch runs on ``--threads`` threads.
+The variants are timed in interleaved rounds (plain, otf, otf+log, plain, ...), one warm-up round
+then ``--repeats`` rounds of ``--steps`` steps, so load from other processes falls on all of them
+alike; the JSON keeps the minimum (least disturbed) and the median per-step time, and the ratios
+of the minima ``otf / plain`` (target ≤ 1.10) and ``otf+log / plain``. Torch runs on
+``--threads`` threads; the load average at the start and end is recorded.
 
 Usage::
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -61,7 +64,8 @@ def _learner(atoms, head: str, steps: int):
     return learner, labeler
 
 
-def _time_md(atoms, calc, steps: int, repeats: int, recorder_dir: Path | None = None) -> list[float]:
+def _time_md(atoms, calc, steps: int, seed: int, recorder_path: Path | None = None) -> float:
+    """Milliseconds per step of ``steps`` Langevin steps with ``calc`` (optionally recorded)."""
     from ase import units
     from ase.md.langevin import Langevin
     from ase.parallel import DummyMPI
@@ -69,26 +73,34 @@ def _time_md(atoms, calc, steps: int, repeats: int, recorder_dir: Path | None = 
     from otf_statcut.engine.observers import RunRecorder
     from otf_statcut.io.runlog import RunLog
 
-    times = []
-    for r in range(repeats + 1):  # the first pass warms up
-        work = atoms.copy()
-        work.calc = calc
-        rng = np.random.default_rng(r)
-        work.set_momenta(rng.normal(scale=0.05, size=(len(work), 3)))
-        dyn = Langevin(work, timestep=2 * units.fs, temperature_K=600, friction=0.02 / units.fs, fixcm=False,
-                       rng=rng, comm=DummyMPI())
-        log = None
-        if recorder_dir is not None:
-            log = RunLog.create(recorder_dir / f"bench_{r}.h5", overwrite=True)
-            dyn.attach(RunRecorder(log, dyn, calc, checkpoint_every=10, rng=rng), interval=1)
-        work.get_forces()
-        start = time.perf_counter()
-        dyn.run(steps)
-        elapsed = time.perf_counter() - start
-        if log is not None:
-            log.close()
-        if r:
-            times.append(1000.0 * elapsed / steps)
+    work = atoms.copy()
+    work.calc = calc
+    rng = np.random.default_rng(seed)
+    work.set_momenta(rng.normal(scale=0.05, size=(len(work), 3)))
+    dyn = Langevin(work, timestep=2 * units.fs, temperature_K=600, friction=0.02 / units.fs, fixcm=False,
+                   rng=rng, comm=DummyMPI())
+    log = None
+    if recorder_path is not None:
+        log = RunLog.create(recorder_path, overwrite=True)
+        dyn.attach(RunRecorder(log, dyn, calc, checkpoint_every=10, rng=rng), interval=1)
+    work.get_forces()
+    start = time.perf_counter()
+    dyn.run(steps)
+    elapsed = time.perf_counter() - start
+    if log is not None:
+        log.close()
+    return 1000.0 * elapsed / steps
+
+
+def _interleaved(atoms, variants: dict, steps: int, repeats: int, tmp: Path) -> dict[str, list[float]]:
+    """Time every variant once per round, rounds in turn (noise from other processes hits all alike);
+    round 0 warms up and is discarded."""
+    times = {name: [] for name in variants}
+    for r in range(repeats + 1):
+        for name, (calc, record) in variants.items():
+            ms = _time_md(atoms, calc, steps, seed=r, recorder_path=tmp / f"{name}.h5" if record else None)
+            if r:
+                times[name].append(ms)
     return times
 
 
@@ -108,16 +120,18 @@ def main(argv=None) -> int:
     from otf_statcut.engine import OTFCalculator
 
     torch.set_num_threads(args.threads)
+    load_start = list(os.getloadavg())
     cases = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             atoms = bulk("Cu", "fcc", cubic=True).repeat(REPEATS_CELLS[size])
             for head in args.heads:
                 learner, labeler = _learner(atoms, head, args.steps)
-                plain = _time_md(atoms, learner.potential.calculator(), args.steps, args.repeats)
                 otf_calc = OTFCalculator(learner, labeler)
-                otf = _time_md(atoms, otf_calc, args.steps, args.repeats)
-                otf_log = _time_md(atoms, otf_calc, args.steps, args.repeats, recorder_dir=Path(tmp))
+                times = _interleaved(atoms, {"plain": (learner.potential.calculator(), False),
+                                             "otf": (otf_calc, False), "otf_log": (otf_calc, True)},
+                                     args.steps, args.repeats, Path(tmp))
+                plain, otf, otf_log = times["plain"], times["otf"], times["otf_log"]
                 assert labeler.n_calls == 6, "a trusted-step benchmark must not label"
                 case = {
                     "n_atoms": size, "head": head,
@@ -135,7 +149,8 @@ def main(argv=None) -> int:
         "target_ratio": 1.10,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine(),
-                    "torch_threads": args.threads, "torch": torch.__version__},
+                    "cpus": os.cpu_count(), "torch_threads": args.threads, "torch": torch.__version__,
+                    "load_average_start": load_start, "load_average_end": list(os.getloadavg())},
         "settings": {"steps": args.steps, "repeats": args.repeats, "model": "NequIP 2 layers, l_max 1, 16 features, "
                      "r_max 4.5 Å, float32", "dynamics": "Langevin 2 fs", "system": "fcc Cu"},
         "cases": cases,

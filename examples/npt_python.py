@@ -5,7 +5,7 @@ labels and the NequIP model carry stress), and the run written to an HDF5 run lo
 recorder that ``otf-statcut run`` uses (trajectory, every labelled frame, models, cutoffs,
 checkpoints), which ``otf-statcut export`` turns into extxyz.
 
-Run:  python examples/npt_python.py [out.h5]     (about a minute on 2 CPU cores)
+Run:  python examples/npt_python.py [out.h5]   (measured: 3.5 min on a 2-core machine shared with other jobs)
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ Example (every section optional except ``system``)::
     mlip:
       model: {num_features: 16}          # ModelConfig fields (species come from the system)
       train: {max_epochs: 100}           # TrainConfig fields
-      threads: null                      # torch threads (null: 1 under mpiexec, else torch's)
+      threads: null                      # torch threads (null: torch's default)
     head: {name: distance, settings: {}} # ensemble | gp | distance | oracle | random
     labeler:
       name: gpaw                         # gpaw | emt | lj | morse | lammps-snap
@@ -654,6 +654,10 @@ def _cross_checks(config: RunConfig, data: Mapping, ctx: _Context) -> None:
         from .labelers.registry import settings_class
 
         object.__setattr__(config.labeler, "settings", settings_class(config.labeler.name)())
+    if config.head.name == "oracle":
+        raise ConfigError(f"{ctx.where}: head.name = 'oracle' is invalid for a run: the oracle needs the reference "
+                          "forces of every step (use it in `otf-statcut benchmark`); expected one of ensemble, gp, "
+                          "distance, random")
     if not config.output.folder.is_absolute():  # the default folder, like given ones, sits beside the input
         object.__setattr__(config.output, "folder", (ctx.base / config.output.folder).resolve())
 

@@ -110,6 +110,7 @@ def test_settings_convert_and_round_trip_to_json():
         ({**LI, "mlip": {"model": {"num_features": 0}}}, "mlip.model: num_features=0"),
         ({**LI, "retrain": {"train": {"max_epochs": "ten"}}}, "retrain.train.max_epochs = 'ten'"),
         ({**LI, "head": {"name": "dist"}}, "head.name = 'dist' is invalid"),
+        ({**LI, "head": {"name": "oracle"}}, "the oracle needs the reference forces"),
         ({**LI, "head": {"name": "distance", "settings": {"max_iters": 3}}}, "did you mean 'max_iter'?"),
         ({**LI, "cutoffs": {"n": "all"}}, "cutoffs.n = 'all' is invalid"),
         ({**LI, "cutoffs": {"candidates": ["maxwel"]}}, "cutoffs.candidates"),

@@ -84,7 +84,7 @@ class IterationRecord:
     n_train: int = _col("frames", "training frames", "i4")
     n_val: int = _col("frames", "validation frames", "i4")
     n_added: int = _col("frames", "frames selected for the next iteration", "i4")
-    n_candidates: int = _col("frames", "unlabelled reachable frames above the minimum cutoff", "i4")
+    n_candidates: int = _col("frames", "frames the rule could add: unlabelled, above the minimum, before the stop (plus the halting frame)", "i4")
     stopped_at: int = _col("", "sampling position of the first frame above the maximum cutoff (-1: none)", "i4")
     coverage: float = _col("", "fraction of the sampling order walked before stopping", "f8")
     n_between: int = _col("frames", "sampling frames with minimum <= max σ <= maximum", "i4")

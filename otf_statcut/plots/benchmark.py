@@ -29,6 +29,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from otf_statcut.benchmark.config import TRUE_ERROR_METHODS
 from otf_statcut.errors import UserError
 from otf_statcut.io.benchmark_results import BenchmarkResults, IterationRecord
 from otf_statcut.stats import DistributionFit, maxwell_calibration
@@ -177,6 +178,7 @@ def curves_figure(curves: Sequence[MethodCurves], title: str = "") -> Figure:
     b.set_ylabel("sampling frames")
     b.set_title("(b) between cutoffs —, above maximum --", fontsize="small")
     b.set_yscale("symlog", linthresh=1)
+    b.set_ylim(bottom=0)
     c.set_xlabel("active-learning iteration")
     c.set_ylabel("data-set size (frames)")
     c.set_yscale("log", base=2)
@@ -228,8 +230,9 @@ def _subsample(n: int, limit: int = MAX_SCATTER, seed: int = 0) -> np.ndarray:
 
 def parity_figure(per_method: dict[str, dict], title: str = "") -> Figure:
     """SI Fig. 1: per method, σ (x) against the true error (y) of validation and sampling atoms,
-    with the error cutoff (horizontal) and the minimum/maximum σ cutoffs (vertical)."""
-    methods = _ordered(per_method)
+    with the error cutoff (horizontal) and the minimum/maximum σ cutoffs (vertical). Random is
+    left out when the oracle is there: both use the true error as σ."""
+    methods = [m for m in _ordered(per_method) if not (m == "random" and "oracle" in per_method)]
     ncols = min(len(methods), 3)
     nrows = math.ceil(len(methods) / ncols)
     fig, axes = _figure(nrows, ncols, width=3.8, height=3.5)
@@ -261,7 +264,10 @@ def parity_figure(per_method: dict[str, dict], title: str = "") -> Figure:
 
 def calibration_figure(per_method: dict[str, dict], title: str = "") -> Figure:
     """SI Fig. 2: Maxwell calibration curves (observed vs expected proportion of errors within the
-    σ-quantile) on validation and sampling atoms, one line per method, miscalibration area in the legend."""
+    σ-quantile) on validation and sampling atoms, one line per uncertainty head, miscalibration
+    area in the legend. Oracle and random are left out: their σ is the error itself, so the
+    probability integral transform is the constant F_Maxwell(1) and the curve is meaningless."""
+    per_method = {m: d for m, d in per_method.items() if m not in TRUE_ERROR_METHODS}
     fig, axes = _figure(1, 2, width=4.2, height=3.8)
     for ax, (prefix, name) in zip(axes[0], (("val", "validation"), ("sampling", "sampling"))):
         ax.plot([0, 1], [0, 1], color="0.5", lw=0.8)
@@ -378,8 +384,9 @@ def plot_benchmark(path, outdir=None, *, iteration: str | int = "first", fmt: st
             chosen[method] = first if index == 0 else last if index == len(records) - 1 else arrays(index)
             save(distributions_figure(chosen[method], method), f"distributions_{dataset}_{method}")
         save(parity_figure(chosen, f"{dataset}: σ vs true error ({iteration} iteration)"), f"parity_{dataset}")
-        save(calibration_figure(chosen, f"{dataset}: Maxwell calibration ({iteration} iteration)"),
-             f"calibration_{dataset}")
+        if any(m not in TRUE_ERROR_METHODS for m in chosen):
+            save(calibration_figure(chosen, f"{dataset}: Maxwell calibration ({iteration} iteration)"),
+                 f"calibration_{dataset}")
     if not all_curves:
         raise UserError(f"{results.path}: no completed iteration to plot yet")
     if len(all_curves) > 1:

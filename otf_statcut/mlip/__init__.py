@@ -6,6 +6,7 @@ Units: eV, Å, eV/Å, eV/Å³.
 
 from .calculator import PotentialCalculator
 from .config import ModelConfig, TrainConfig
+from .device import resolve_device
 from .graphs import DataStatistics
 from .potential import NequIPPotential, Prediction, predictions_from_output
 from .training import EpochRecord, TrainingHistory
@@ -13,6 +14,7 @@ from .training import EpochRecord, TrainingHistory
 __all__ = [
     "ModelConfig",
     "TrainConfig",
+    "resolve_device",
     "NequIPPotential",
     "Prediction",
     "PotentialCalculator",

@@ -12,16 +12,22 @@ A thin subclass of NequIP's own ``nequip.integrations.ase.NequIPCalculator``: th
   subclass (the on-the-fly engine) can add per-atom uncertainties without evaluating twice.
 
 The calculator always evaluates the potential's current ``torch`` model (also after a fit from
-scratch replaced it); after any refit, call :meth:`reset` so cached results are not reused.
+scratch replaced it) on the potential's current device (also after ``potential.to(...)``); after
+any refit, call :meth:`reset` so cached results are not reused. The graph is built on the CPU and
+moved to the device once per calculation; results come back as float64 NumPy arrays.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
 from ase.calculators.calculator import Calculator, all_changes
 from nequip.integrations.ase import NequIPCalculator
 
+from otf_statcut.errors import ConfigError
+
+from .device import resolve_device
 from .graphs import float64_default
 from .potential import Prediction, predictions_from_output
 
@@ -38,8 +44,10 @@ class PotentialCalculator(NequIPCalculator):
     ----------
     potential : NequIPPotential
         The potential; its model is shared, not copied.
-    device : str
-        Torch device (``"cpu"``).
+    device : str, torch.device or None
+        None (default): the potential's device, followed if the potential moves later. A value
+        is a check: it must resolve to the potential's device (the model is shared, so the
+        calculator cannot run it elsewhere; move the potential with ``potential.to(device)``).
     **kwargs
         Passed to :class:`ase.calculators.calculator.Calculator` (e.g. ``label``).
 
@@ -47,17 +55,40 @@ class PotentialCalculator(NequIPCalculator):
     ----------
     prediction : Prediction or None
         Output of the last calculation, float64.
+
+    Raises
+    ------
+    ConfigError
+        If ``device`` is invalid, unavailable, or not the potential's device.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "features"]
 
-    def __init__(self, potential: NequIPPotential, device: str = "cpu", **kwargs):
+    def __init__(self, potential: NequIPPotential, device: str | torch.device | None = None, **kwargs):
         potential.model.eval()
         self.potential = potential
         self.prediction: Prediction | None = None
         super().__init__(
-            model=potential.model, device=device, transforms=potential.converter.transforms, **kwargs
+            model=potential.model,
+            device=potential.device if device is None else resolve_device(device),
+            transforms=potential.converter.transforms,
+            **kwargs,
         )
+
+    @property
+    def device(self) -> torch.device:
+        """The potential's current device (where the model runs)."""
+        return self.potential.device
+
+    @device.setter
+    def device(self, value) -> None:
+        requested = resolve_device(value)
+        if requested != self.potential.device:
+            raise ConfigError(
+                f"calculator device '{requested}' differs from the potential's device "
+                f"'{self.potential.device}': the model is shared; move it with potential.to('{requested}') "
+                "or leave the calculator's device unset"
+            )
 
     def atoms_to_data(self, atoms):
         """Graph of ``atoms`` (float64 positions/cell, type mapping, neighbour list).
@@ -70,7 +101,7 @@ class PotentialCalculator(NequIPCalculator):
         from nequip.data import AtomicDataDict
 
         data = self.potential.converter.graph(atoms, "calculator atoms")
-        return AtomicDataDict.to_(data, self.device)
+        return AtomicDataDict.to_(data, self.potential.device)
 
     def call_model(self, data):
         """Run the potential's current model (a fit from scratch replaces the module)."""

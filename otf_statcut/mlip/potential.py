@@ -7,6 +7,14 @@ output of the last interaction block, ``out["node_features"]``, read just before
 energy readout. NequIPGNNModel's last block keeps only scalars (``num_features x 0e``), so these
 features are rotation-, translation- and permutation-invariant as they stand; no slicing needed.
 
+Device: a potential lives on one torch device (``device=`` of :meth:`NequIPPotential.build`,
+:meth:`~NequIPPotential.load` and the constructor; :meth:`~NequIPPotential.to` moves it;
+default ``"cpu"``, ``"auto"`` picks CUDA when available, see
+:func:`otf_statcut.mlip.device.resolve_device`). Graphs are built on the CPU (the neighbour
+list is a CPU routine), moved once per batch (``predict``) or once per fit (training), and
+results always come back as float64 NumPy arrays on the CPU. Saved weights are CPU tensors, so a
+directory saved from a GPU loads anywhere; the device is not saved.
+
 Saved models are a directory::
 
     potential.json   format tag, version, ModelConfig, DataStatistics
@@ -29,6 +37,7 @@ from ase import Atoms
 from otf_statcut.errors import DataError
 
 from .config import ModelConfig, TrainConfig
+from .device import resolve_device
 from .graphs import (
     DataStatistics,
     GraphConverter,
@@ -167,7 +176,14 @@ class NequIPPotential:
         Energy shifts/scales and average neighbour count baked into the model.
     model : torch.nn.Module, optional
         An existing NequIP ``GraphModel`` built from ``config`` and ``statistics``; a fresh one
-        is built when omitted.
+        is built when omitted. It is moved to ``device``.
+    device : str or torch.device
+        ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA if available).
+
+    Raises
+    ------
+    ConfigError
+        If ``device`` is unknown or names a GPU that torch cannot use.
 
     Attributes
     ----------
@@ -177,10 +193,17 @@ class NequIPPotential:
         What the last :meth:`fit` did.
     """
 
-    def __init__(self, config: ModelConfig, statistics: DataStatistics, model: torch.nn.Module | None = None):
+    def __init__(
+        self,
+        config: ModelConfig,
+        statistics: DataStatistics,
+        model: torch.nn.Module | None = None,
+        device: str | torch.device = "cpu",
+    ):
+        self._device = resolve_device(device)
         self._config = config
         self.statistics = statistics
-        self.model = model if model is not None else _build_model(config, statistics)
+        self.model = (model if model is not None else _build_model(config, statistics)).to(self._device)
         self.converter = GraphConverter(config.species, config.r_max)
         self.history: TrainingHistory | None = None
 
@@ -197,6 +220,24 @@ class NequIPPotential:
         return self._config.species
 
     @property
+    def device(self) -> torch.device:
+        """The torch device holding the weights, where :meth:`fit` and :meth:`predict` run."""
+        return self._device
+
+    def to(self, device: str | torch.device) -> NequIPPotential:
+        """Move the model to ``device`` (see :func:`~otf_statcut.mlip.device.resolve_device`);
+        returns ``self``. Calculators made by :meth:`calculator` follow the move.
+
+        Raises
+        ------
+        ConfigError
+            If ``device`` is unknown or names a GPU that torch cannot use.
+        """
+        self._device = resolve_device(device)
+        self.model.to(self._device)
+        return self
+
+    @property
     def feature_dim(self) -> int:
         """Width of the latent features returned by :meth:`predict` (``num_features``)."""
         return self._config.num_features
@@ -205,13 +246,16 @@ class NequIPPotential:
         c = self._config
         return (
             f"NequIPPotential(species={list(c.species)}, r_max={c.r_max}, num_layers={c.num_layers}, "
-            f"l_max={c.l_max}, num_features={c.num_features}, model_dtype={c.model_dtype!r}, seed={c.seed})"
+            f"l_max={c.l_max}, num_features={c.num_features}, model_dtype={c.model_dtype!r}, seed={c.seed}, "
+            f"device='{self._device}')"
         )
 
     # --- construction ----------------------------------------------------------------------
 
     @classmethod
-    def build(cls, config: ModelConfig, frames: Sequence[Atoms]) -> NequIPPotential:
+    def build(
+        cls, config: ModelConfig, frames: Sequence[Atoms], device: str | torch.device = "cpu"
+    ) -> NequIPPotential:
         """A new, untrained potential whose energy shift/scale and average neighbour count come
         from ``frames``.
 
@@ -221,17 +265,23 @@ class NequIPPotential:
             Architecture, species and seed.
         frames : sequence of ase.Atoms
             Labelled frames (energy and forces), typically the training set.
+        device : str or torch.device
+            ``"cpu"`` (default), ``"cuda"``, ``"cuda:N"`` or ``"auto"``. The initial weights are
+            drawn on the CPU, so they do not depend on the device.
 
         Raises
         ------
+        ConfigError
+            If ``device`` is unknown or names a GPU that torch cannot use.
         DataError
             If ``frames`` is empty, a frame is unlabelled, or holds an element not in
             ``config.species``.
         """
+        device = resolve_device(device)
         ensure_nequip_state()
         converter = GraphConverter(config.species, config.r_max)
         graphs = converter.labelled_graphs(frames, "statistics frames")
-        return cls(config, compute_statistics(frames, graphs, config.species))
+        return cls(config, compute_statistics(frames, graphs, config.species), device=device)
 
     # --- training --------------------------------------------------------------------------
 
@@ -242,7 +292,7 @@ class NequIPPotential:
         train_config: TrainConfig | None = None,
         warm_start: bool = True,
     ) -> NequIPPotential:
-        """Train on labelled frames; returns ``self``.
+        """Train on labelled frames, on :attr:`device`; returns ``self``.
 
         Parameters
         ----------
@@ -271,7 +321,7 @@ class NequIPPotential:
         val_graphs = self.converter.labelled_graphs(list(val) if val is not None else [], "validation frames")
         if not warm_start:
             self.statistics = compute_statistics(train, train_graphs, self.species)
-            self.model = _build_model(self._config, self.statistics)
+            self.model = _build_model(self._config, self.statistics).to(self._device)
         with float64_default():
             self.history = train_model(self.model, train_graphs, val_graphs, train_config)
         return self
@@ -287,6 +337,9 @@ class NequIPPotential:
     ) -> list[Prediction]:
         """Energy, forces, stress and latent features of each frame.
 
+        Graphs are built and batched on the CPU; each batch is moved to :attr:`device` once and
+        its outputs come back once.
+
         Parameters
         ----------
         frames : sequence of ase.Atoms, or one ase.Atoms
@@ -299,7 +352,7 @@ class NequIPPotential:
         Returns
         -------
         list of Prediction
-            One per frame, in order, float64.
+            One per frame, in order, float64 NumPy arrays on the CPU whatever the device.
 
         Raises
         ------
@@ -310,17 +363,21 @@ class NequIPPotential:
             frames = [frames]
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        from nequip.data import AtomicDataDict
+
         self.model.eval()
         graphs = [self.converter.graph(atoms, f"frame {i}") for i, atoms in enumerate(frames)]
         predictions: list[Prediction] = []
         with float64_default():
             for start in range(0, len(graphs), batch_size):
-                out = self.model(batch_graphs(graphs[start : start + batch_size]))
+                batch = AtomicDataDict.to_(batch_graphs(graphs[start : start + batch_size]), self._device)
+                out = self.model(batch)
                 predictions.extend(predictions_from_output(out, stress=stress, features=features))
         return predictions
 
     def calculator(self, **kwargs):
-        """An ASE calculator (energy, forces, stress, latent features) sharing this model.
+        """An ASE calculator (energy, forces, stress, latent features) sharing this model, on
+        :attr:`device`.
 
         Keyword arguments go to :class:`otf_statcut.mlip.calculator.PotentialCalculator`.
         """
@@ -332,7 +389,10 @@ class NequIPPotential:
 
     def save(self, directory: str | Path) -> Path:
         """Write ``potential.json``, ``weights.pt`` (and ``history.json`` after a fit) into
-        ``directory`` (created if needed); returns the directory path."""
+        ``directory`` (created if needed); returns the directory path.
+
+        The weights are saved as CPU tensors whatever :attr:`device` is; the device itself is
+        not saved (choose it when loading)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
@@ -350,7 +410,12 @@ class NequIPPotential:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, species: Sequence[str] | None = None) -> NequIPPotential:
+    def load(
+        cls,
+        directory: str | Path,
+        species: Sequence[str] | None = None,
+        device: str | torch.device | None = "cpu",
+    ) -> NequIPPotential:
         """Load a potential saved by :meth:`save`.
 
         Parameters
@@ -360,13 +425,20 @@ class NequIPPotential:
         species : sequence of str, optional
             Species the caller expects; a model for another species set (compared as sets) is
             refused.
+        device : str, torch.device or None
+            Where to put the model: ``"cpu"`` (default; also ``None``), ``"cuda"``, ``"cuda:N"``
+            or ``"auto"``. The weights are read onto the CPU first (``map_location="cpu"``), so
+            any saved directory loads on any device.
 
         Raises
         ------
+        ConfigError
+            If ``device`` is unknown or names a GPU that torch cannot use.
         DataError
             If the directory or a file in it is missing or unreadable, was written by something
             else, or the model's species differ from ``species``.
         """
+        device = resolve_device(device)
         directory = Path(directory)
         meta_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
         if not directory.is_dir():
@@ -404,14 +476,14 @@ class NequIPPotential:
         except (RuntimeError, TypeError, AttributeError) as exc:
             raise DataError(f"{weights_path}: weights do not match the model in {meta_path} ({exc})") from exc
         potential.model.eval()
-        return potential
+        return potential.to(device)
 
     def copy(self, seed: int | None = None) -> NequIPPotential:
         """A deep copy (same weights), or, with ``seed``, a freshly initialised model with the
-        same statistics and ``config.seed = seed`` (for ensembles)."""
+        same statistics and ``config.seed = seed`` (for ensembles); on the same :attr:`device`."""
         if seed is not None:
-            return NequIPPotential(replace(self._config, seed=seed), self.statistics)
-        clone = NequIPPotential(self._config, self.statistics)
+            return NequIPPotential(replace(self._config, seed=seed), self.statistics, device=self._device)
+        clone = NequIPPotential(self._config, self.statistics, device=self._device)
         clone.model.load_state_dict(self.model.state_dict())
         clone.model.eval()
         return clone

@@ -2,6 +2,10 @@
 
 Works on precomputed labelled graphs (see :mod:`otf_statcut.mlip.graphs`), so neighbour lists
 are built once per fit, not once per epoch; each epoch only shuffles and concatenates them.
+
+The graphs are moved to the model's device once per fit and batched there. Losses and squared
+errors are summed on the device and read back once per epoch, and which frames carry a stress
+label is decided on the host, so a GPU fit does not wait for the host after every batch.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -18,7 +23,7 @@ import torch
 from .config import TrainConfig
 from .graphs import batch_graphs
 
-__all__ = ["EpochRecord", "TrainingHistory", "train_model", "evaluate_model"]
+__all__ = ["EpochRecord", "TrainingHistory", "Batch", "train_model", "evaluate_model"]
 
 
 @dataclass(frozen=True)
@@ -100,59 +105,96 @@ class _Metrics:
     forces_rmse: float
 
 
-def _loss_terms(out: dict, batch: dict, config: TrainConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Weighted loss of one batch and its unweighted squared-error sums (for RMSEs)."""
+class Batch(NamedTuple):
+    """Labelled graphs concatenated on the model's device, with host-side counts.
+
+    Attributes
+    ----------
+    data : dict
+        The batched ``AtomicDataDict``.
+    n_frames, n_components : int
+        Frames and force components (3 × atoms) in the batch.
+    stress_rows : torch.Tensor or None
+        Indices (on the device) of the frames that have a stress label; None if none has.
+    """
+
+    data: dict
+    n_frames: int
+    n_components: int
+    stress_rows: torch.Tensor | None
+
+
+def _has_stress(graph: dict) -> bool:
     from nequip.data import AtomicDataDict
 
-    n_atoms = batch[AtomicDataDict.NUM_NODES_KEY].to(torch.float64)
+    return bool(torch.isfinite(graph[AtomicDataDict.STRESS_KEY]).all())
+
+
+def _loss_terms(out: dict, batch: Batch, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Weighted loss of one batch and its unweighted energy/force squared-error sums (for RMSEs),
+    all 0-d tensors on the device."""
+    from nequip.data import AtomicDataDict
+
+    data = batch.data
+    n_atoms = data[AtomicDataDict.NUM_NODES_KEY].to(torch.float64)
     energy_error = (
-        out[AtomicDataDict.TOTAL_ENERGY_KEY].view(-1) - batch[AtomicDataDict.TOTAL_ENERGY_KEY].view(-1)
+        out[AtomicDataDict.TOTAL_ENERGY_KEY].view(-1) - data[AtomicDataDict.TOTAL_ENERGY_KEY].view(-1)
     ) / n_atoms
-    forces_error = out[AtomicDataDict.FORCE_KEY] - batch[AtomicDataDict.FORCE_KEY]
+    forces_error = out[AtomicDataDict.FORCE_KEY] - data[AtomicDataDict.FORCE_KEY]
     energy_mse = energy_error.square().mean()
     forces_mse = forces_error.square().mean()
     loss = config.energy_weight * energy_mse + config.forces_weight * forces_mse
-    ref_stress = batch[AtomicDataDict.STRESS_KEY].reshape(-1, 9)
-    has_stress = torch.isfinite(ref_stress).all(dim=1)
-    if config.stress_weight > 0 and bool(has_stress.any()):
-        stress_error = out[AtomicDataDict.STRESS_KEY].reshape(-1, 9)[has_stress] - ref_stress[has_stress]
-        loss = loss + config.stress_weight * stress_error.square().mean()
-    sums = {
-        "energy_sq": energy_error.detach().square().sum(),
-        "n_frames": torch.tensor(float(energy_error.numel())),
-        "forces_sq": forces_error.detach().square().sum(),
-        "n_components": torch.tensor(float(forces_error.numel())),
-    }
-    return loss, sums
+    if config.stress_weight > 0 and batch.stress_rows is not None:
+        rows = batch.stress_rows
+        predicted = out[AtomicDataDict.STRESS_KEY].reshape(-1, 9).index_select(0, rows)
+        reference = data[AtomicDataDict.STRESS_KEY].reshape(-1, 9).index_select(0, rows)
+        loss = loss + config.stress_weight * (predicted - reference).square().mean()
+    return loss, energy_error.detach().square().sum(), forces_error.detach().square().sum()
 
 
-def _batches(graphs: Sequence[dict], batch_size: int, order: Sequence[int]) -> list[dict]:
+def _batches(
+    graphs: Sequence[dict], has_stress: Sequence[bool], batch_size: int, order: Sequence[int]
+) -> list[Batch]:
+    """Concatenate ``graphs`` (already on the model's device) in ``order``, ``batch_size`` at a time."""
+    from nequip.data import AtomicDataDict
+
     order = list(order)
-    chunks = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
-    return [batch_graphs([graphs[i] for i in chunk]) for chunk in chunks]
+    batches = []
+    for k in range(0, len(order), batch_size):
+        chunk = order[k : k + batch_size]
+        data = batch_graphs([graphs[i] for i in chunk])
+        rows = [j for j, i in enumerate(chunk) if has_stress[i]]
+        device = data[AtomicDataDict.POSITIONS_KEY].device
+        stress_rows = torch.tensor(rows, dtype=torch.long, device=device) if rows else None
+        n_components = 3 * int(data[AtomicDataDict.POSITIONS_KEY].shape[0])
+        batches.append(Batch(data, len(chunk), n_components, stress_rows))
+    return batches
 
 
-def evaluate_model(model: torch.nn.Module, batches: Sequence[dict], config: TrainConfig) -> _Metrics:
+def evaluate_model(model: torch.nn.Module, batches: Sequence[Batch], config: TrainConfig) -> _Metrics:
     """Loss and RMSEs of ``model`` (put in eval mode) on prebatched labelled graphs.
 
-    The loss is the frame-weighted mean of the per-batch losses.
+    The loss is the frame-weighted mean of the per-batch losses. Sums stay on the device until
+    the end (one read-back per call).
     """
     model.eval()
-    total, frames = 0.0, 0
-    energy_sq = forces_sq = n_frames = n_components = 0.0
-    for batch in batches:
-        out = model(batch)
-        loss, sums = _loss_terms(out, batch, config)
-        n = float(sums["n_frames"])
-        total += float(loss.detach()) * n
-        frames += n
-        energy_sq += float(sums["energy_sq"])
-        n_frames += n
-        forces_sq += float(sums["forces_sq"])
-        n_components += float(sums["n_components"])
+    frames = sum(batch.n_frames for batch in batches)
     if frames == 0:
         return _Metrics(math.nan, math.nan, math.nan)
-    return _Metrics(total / frames, math.sqrt(energy_sq / n_frames), math.sqrt(forces_sq / n_components))
+    n_components = sum(batch.n_components for batch in batches)
+    totals = []
+    for batch in batches:
+        out = model(batch.data)
+        loss, energy_sq, forces_sq = _loss_terms(out, batch, config)
+        totals.append(torch.stack([loss.detach() * batch.n_frames, energy_sq, forces_sq]))
+    total, energy_sq, forces_sq = torch.stack(totals).sum(dim=0).tolist()
+    return _Metrics(total / frames, math.sqrt(energy_sq / frames), math.sqrt(forces_sq / n_components))
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    return torch.device("cpu")
 
 
 def train_model(
@@ -175,17 +217,28 @@ def train_model(
     config : TrainConfig
         Optimiser, schedule, early stopping and loss weights.
 
+    Notes
+    -----
+    Training runs on the device of the model's parameters; the graphs are copied there once
+    (the caller's graphs are left where they are).
+
     Returns
     -------
     TrainingHistory
     """
+    from nequip.data import AtomicDataDict
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
     history = TrainingHistory(monitored="val" if len(val_graphs) else "train")
     rng = np.random.default_rng(config.seed)
-    monitored = val_graphs if len(val_graphs) else train_graphs
-    monitor_batches = _batches(monitored, config.batch_size, range(len(monitored)))
+    device = _model_device(model)
+    train_stress = [_has_stress(g) for g in train_graphs]
+    val_stress = [_has_stress(g) for g in val_graphs]
+    train_graphs = [AtomicDataDict.to_(dict(g), device) for g in train_graphs]
+    val_graphs = [AtomicDataDict.to_(dict(g), device) for g in val_graphs]
+    monitored, monitored_stress = (val_graphs, val_stress) if len(val_graphs) else (train_graphs, train_stress)
+    monitor_batches = _batches(monitored, monitored_stress, config.batch_size, range(len(monitored)))
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.learning_rate)
@@ -211,18 +264,18 @@ def train_model(
         model.train()
         order = rng.permutation(len(train_graphs))
         losses = []
-        for batch in _batches(train_graphs, config.batch_size, order):
+        for batch in _batches(train_graphs, train_stress, config.batch_size, order):
             optimizer.zero_grad(set_to_none=True)
-            out = model(batch)
-            loss, _ = _loss_terms(out, batch, config)
+            out = model(batch.data)
+            loss, _, _ = _loss_terms(out, batch, config)
             loss.backward()
             optimizer.step()
-            losses.append(float(loss.detach()))
+            losses.append(loss.detach())
         metrics = evaluate_model(model, monitor_batches, config)
         scheduler.step(metrics.loss)
         record = EpochRecord(
             epoch=epoch,
-            train_loss=float(np.mean(losses)),
+            train_loss=float(torch.stack(losses).mean()),
             val_loss=metrics.loss,
             val_energy_rmse=metrics.energy_rmse,
             val_forces_rmse=metrics.forces_rmse,

@@ -43,10 +43,12 @@ def resolve_device(device: str | torch.device | None = "cpu") -> torch.device:
         return torch.device("cpu")
     if isinstance(device, str) and device.strip().lower() == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        resolved = torch.device(device.strip().lower() if isinstance(device, str) else device)
-    except (RuntimeError, TypeError, ValueError):
-        resolved = None
+    resolved = None
+    if isinstance(device, (str, torch.device)):
+        try:
+            resolved = torch.device(device.strip().lower() if isinstance(device, str) else device)
+        except (RuntimeError, TypeError, ValueError):
+            pass
     if resolved is None or resolved.type not in ("cpu", "cuda"):
         raise ConfigError(
             f"device={device!r} is invalid: expected 'cpu', 'cuda', 'cuda:N' (a GPU index) or 'auto'"

@@ -13,6 +13,8 @@ of ~ 50 edge terms ~ 0.1 eV/Å, ~ 1e-6 eV/Å; we allow 1e-4 eV (energy), 1e-4 eV
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -194,7 +196,7 @@ def test_fit_leaves_the_callers_graphs_on_their_device(trained, data):
 @pytest.mark.parametrize("model_dtype, tol", [("float32", 1e-4), ("float64", 1e-9)])
 def test_cuda_and_cpu_predictions_agree(data, trained, tmp_path, model_dtype, tol):
     """Same weights on CUDA and CPU: predict, the calculator and a CPU load of a CUDA save agree."""
-    config = ModelConfig(species=("Li",), num_features=16, radial_mlp_width=32, seed=2, model_dtype=model_dtype)
+    config = dataclasses.replace(SMALL, model_dtype=model_dtype)
     cpu = NequIPPotential.build(config, data["train"], device="cpu")
     gpu = cpu.copy().to("cuda")
     assert gpu.device.type == "cuda" and model_devices(gpu) == {gpu.device}

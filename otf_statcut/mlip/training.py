@@ -130,7 +130,9 @@ def _has_stress(graph: dict) -> bool:
     return bool(torch.isfinite(graph[AtomicDataDict.STRESS_KEY]).all())
 
 
-def _loss_terms(out: dict, batch: Batch, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _loss_terms(
+    out: dict, batch: Batch, config: TrainConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Weighted loss of one batch and its unweighted energy/force squared-error sums (for RMSEs),
     all 0-d tensors on the device."""
     from nequip.data import AtomicDataDict
@@ -237,7 +239,10 @@ def train_model(
     val_stress = [_has_stress(g) for g in val_graphs]
     train_graphs = [AtomicDataDict.to_(dict(g), device) for g in train_graphs]
     val_graphs = [AtomicDataDict.to_(dict(g), device) for g in val_graphs]
-    monitored, monitored_stress = (val_graphs, val_stress) if len(val_graphs) else (train_graphs, train_stress)
+    if len(val_graphs):
+        monitored, monitored_stress = val_graphs, val_stress
+    else:
+        monitored, monitored_stress = train_graphs, train_stress
     monitor_batches = _batches(monitored, monitored_stress, config.batch_size, range(len(monitored)))
 
     params = [p for p in model.parameters() if p.requires_grad]

@@ -153,12 +153,17 @@ def test_seed_frames_reproducible_and_split():
         seed_frames(5, p)
 
 
-def test_tasks_dealt_by_weight():
-    from otf_statcut.benchmark.runner import assign_tasks
+def test_task_queue_hands_each_task_once(tmp_path):
+    from otf_statcut.benchmark.runner import TaskQueue, order_tasks
 
     tasks = [("li", m) for m in ("ensemble", "gp", "distance", "oracle", "random")]
-    two = assign_tasks(tasks, [3, 1, 1, 1, 1], 2)
-    assert two == [[tasks[0], tasks[4]], tasks[1:4]]
-    assert sorted(t for rank in two for t in rank) == sorted(tasks)
-    assert assign_tasks(tasks, [1] * 5, 1) == [tasks]
-    assert assign_tasks(tasks[:1], [1], 3) == [[tasks[0]], [], []]
+    ordered = order_tasks(tasks, [4, 1, 1, 1, 2])
+    assert ordered == [tasks[0], tasks[4], tasks[1], tasks[2], tasks[3]]
+    queue = TaskQueue(tmp_path / "claims.json", ordered)
+    queue.reset()
+    other = TaskQueue(tmp_path / "claims.json", ordered)  # a second rank on the same file
+    taken = []
+    while (task := (queue if len(taken) % 2 else other).claim()) is not None:
+        taken.append(task)
+    assert taken == ordered
+    assert queue.claim() is None and other.claim() is None

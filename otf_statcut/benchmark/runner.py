@@ -1,11 +1,12 @@
 """Run a whole benchmark: every dataset × method, in turn or spread over MPI ranks.
 
 ``otf-statcut benchmark input.yaml`` runs every (dataset, method) pair in turn. Launched as
-``mpiexec -n K otf-statcut benchmark input.yaml``, the pairs are dealt to the K ranks,
-heaviest first to the least-loaded rank (an ensemble of n members weighs n, every other method
-1), so several datasets (the paper's second test) or several methods of one dataset run side
-by side; each rank trains its own models with ``threads`` torch threads (keep it 1 and use one
-rank per core: torch threads on a busy machine slow down badly). All ranks
+``mpiexec -n K otf-statcut benchmark input.yaml``, the K ranks share the pairs through a
+claims file (:class:`TaskQueue`): an idle rank takes the next unclaimed pair, heaviest first
+(:func:`task_weight`), so several datasets (the paper's second test) or several methods of one
+dataset run side by side and no rank idles while work is left. Each rank trains its own models
+with ``threads`` torch threads (keep it 1 and use one rank per core: torch threads on a busy
+machine slow down badly). All ranks
 write to the one results file, one locked write per iteration (see
 :mod:`otf_statcut.io.benchmark_results`); rank 0 writes the CSV summary at the end.
 
@@ -18,6 +19,8 @@ Output folder::
 
 from __future__ import annotations
 
+import fcntl
+import json
 import logging
 import os
 import shutil
@@ -31,13 +34,14 @@ from .config import BenchmarkConfig
 from .protocol import Observer, run_method
 from .replay import load_sampling_set
 
-__all__ = ["run_benchmark", "assign_tasks", "task_weight", "RESULTS_FILE", "SUMMARY_FILE", "CHECKPOINT_DIR", "world"]
+__all__ = ["run_benchmark", "TaskQueue", "order_tasks", "task_weight", "RESULTS_FILE", "SUMMARY_FILE", "CHECKPOINT_DIR", "world"]
 
 log = logging.getLogger("otf_statcut.benchmark")
 
 RESULTS_FILE = "results.h5"
 SUMMARY_FILE = "summary.csv"
 CHECKPOINT_DIR = "checkpoints"
+CLAIMS_FILE = ".claims.json"
 _MPI_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_SIZE")
 
 
@@ -57,23 +61,56 @@ def world():
 
 
 def task_weight(config: BenchmarkConfig, method: str) -> float:
-    """Relative cost of one dataset/method run: the ensemble trains ``n_members`` models."""
+    """Rough relative cost of one dataset/method run, to start the heaviest first.
+
+    The ensemble trains ``n_members`` models per iteration; random sampling rarely runs out of
+    candidates and usually runs to its budget (weight 2); every other method weighs 1.
+    """
     if method == "ensemble":
         return float(config.head_settings("ensemble").get("n_members", 4))
+    if method == "random":
+        return 2.0
     return 1.0
 
 
-def assign_tasks(tasks: Sequence, weights: Sequence[float], size: int) -> list[list]:
-    """Deal tasks to ``size`` ranks: heaviest first, each to the least-loaded rank (ties: lower
-    rank, then input order). Deterministic, so every rank computes the same assignment; each
-    rank's list keeps the input order."""
-    loads = [0.0] * size
-    owner = {}
-    for index in sorted(range(len(tasks)), key=lambda i: (-weights[i], i)):
-        rank = min(range(size), key=lambda r: (loads[r], r))
-        loads[rank] += weights[index]
-        owner[index] = rank
-    return [[tasks[i] for i in range(len(tasks)) if owner[i] == r] for r in range(size)]
+def order_tasks(tasks: Sequence, weights: Sequence[float]) -> list:
+    """Tasks heaviest first (stable: equal weights keep the input order)."""
+    return [tasks[i] for i in sorted(range(len(tasks)), key=lambda i: (-weights[i], i))]
+
+
+class TaskQueue:
+    """Tasks shared by MPI ranks through a claims file: an idle rank takes the next unclaimed task.
+
+    The file holds the indices already claimed; every claim reads and rewrites it under an
+    exclusive ``fcntl`` lock, so two ranks never take the same task. Dynamic claiming keeps the
+    ranks busy whatever the tasks cost (a long random-sampling run, an ensemble).
+    """
+
+    def __init__(self, path: Path, tasks: Sequence):
+        self.path = Path(path)
+        self.tasks = list(tasks)
+
+    def reset(self) -> None:
+        """Forget all claims (rank 0, before the ranks start)."""
+        self.path.write_text("[]")
+
+    def claim(self):
+        """The next unclaimed task, or None when every task is taken."""
+        with open(self.path, "r+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                claimed = set(json.loads(handle.read() or "[]"))
+                free = [i for i in range(len(self.tasks)) if i not in claimed]
+                if not free:
+                    return None
+                claimed.add(free[0])
+                handle.seek(0)
+                handle.truncate()
+                handle.write(json.dumps(sorted(claimed)))
+                handle.flush()
+                return self.tasks[free[0]]
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def run_benchmark(config: BenchmarkConfig, output, *, restart: bool = False, comm=None,
@@ -150,22 +187,33 @@ def run_benchmark(config: BenchmarkConfig, output, *, restart: bool = False, com
 
     together(describe)
     tasks = [(spec.name, method) for spec in config.datasets for method in config.methods]
-    mine = assign_tasks(tasks, [task_weight(config, method) for _, method in tasks], size)[rank]
+    queue = TaskQueue(output / CLAIMS_FILE, order_tasks(tasks, [task_weight(config, m) for _, m in tasks]))
     if size > 1:
-        log.info("rank %d of %d runs %s", rank, size, ", ".join(f"{d}/{m}" for d, m in mine) or "nothing")
-    total = len(mine) * config.protocol.max_iterations
+        together(queue.reset)
+        comm.Barrier()
+        next_task = queue.claim
+    else:
+        pending = iter(tasks)  # one process: the input order
+        next_task = lambda: next(pending, None)  # noqa: E731
+    # with several ranks a rank does not know in advance how many runs it will take
+    total = len(tasks) * config.protocol.max_iterations if size == 1 else None
     summaries: list[MethodSummary] = []
-    with tqdm(total=total, desc=f"benchmark (rank {rank})" if size > 1 else "benchmark", unit="it",
-              disable=not progress or rank != 0, dynamic_ncols=True) as bar:
-        for dataset, method in mine:
+    with tqdm(total=total, desc="benchmark", unit="it", disable=not progress or rank != 0,
+              dynamic_ncols=True) as bar:
+        while (task := next_task()) is not None:
+            dataset, method = task
+            if size > 1:
+                log.info("rank %d takes %s/%s", rank, dataset, method)
             done_before = bar.n
             summary = run_method(samplings[dataset], method, config, store,
                                  checkpoints=output / CHECKPOINT_DIR, observers=observers, progress=bar)
-            # iterations a run did not need count as done, so the bar ends at 100 %
-            bar.update(max(0, done_before + config.protocol.max_iterations - bar.n))
+            if total is not None:  # iterations a run did not need count as done: the bar ends at 100 %
+                bar.update(max(0, done_before + config.protocol.max_iterations - bar.n))
             summaries.append(summary)
     if comm is not None:
         comm.Barrier()
+        if rank == 0:
+            queue.path.unlink(missing_ok=True)
     if rank != 0:
         return summaries
     everything = []

@@ -5,21 +5,13 @@ from __future__ import annotations
 import gpytorch
 import numpy as np
 import pytest
-import scipy.optimize
 import scipy.stats
 import torch
 
 from otf_statcut.errors import ConfigError, DataError
-from otf_statcut.uq import (
-    ElementGP,
-    LatentDistance,
-    NearestNeighbourIndex,
-    ensemble_spread,
-    make_head,
-    maxwell_nll,
-    maxwell_prefactor,
-    maxwell_scale,
-)
+from otf_statcut.stats import maxwell_nll
+from otf_statcut.uq import ElementGP, LatentDistance, NearestNeighbourIndex, ensemble_spread, make_head
+from otf_statcut.uq.base import maxwell_scale
 from otf_statcut.uq.distance import fit_distance_weights
 from otf_statcut.uq.sparse_gp import MAXWELL_LOG_MEAN, resolve_strategy
 
@@ -29,36 +21,12 @@ def maxwell_errors(scales: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.linalg.norm(rng.normal(size=(len(scales), 3)), axis=1) * scales
 
 
-# --------------------------------------------------------------------------- Maxwell likelihood
-def test_maxwell_nll_is_scipy_maxwell_logpdf():
-    rng = np.random.default_rng(0)
-    e, s = rng.uniform(0.01, 1, 50), rng.uniform(0.05, 1, 50)
-    expected = -np.mean(scipy.stats.maxwell.logpdf(e, scale=s))
-    assert maxwell_nll(e, s) == pytest.approx(expected, rel=1e-12)
-
-
-def test_prefactor_is_the_nll_minimiser():
-    rng = np.random.default_rng(1)
-    scores = rng.uniform(0.1, 2.0, 400)
-    errors = maxwell_errors(0.3 * scores, rng)
-    a = maxwell_prefactor(errors, scores)
-    numeric = scipy.optimize.minimize_scalar(lambda x: maxwell_nll(errors, x * scores),
-                                             bounds=(1e-3, 10), method="bounded", options={"xatol": 1e-10})
-    assert a == pytest.approx(numeric.x, rel=1e-6)
-    assert a == pytest.approx(0.3, rel=0.1)  # recovers the true prefactor
-    assert maxwell_nll(errors, a * scores) < maxwell_nll(errors, scores)
-
-
+# --------------------------------------------------------------------------- Maxwell scale
 def test_maxwell_scale_matches_scipy_fit():
     rng = np.random.default_rng(2)
     e = scipy.stats.maxwell.rvs(scale=0.07, size=2000, random_state=rng)
     _, scale = scipy.stats.maxwell.fit(e, floc=0)
     assert maxwell_scale(e) == pytest.approx(scale, rel=1e-4)
-
-
-def test_prefactor_rejects_nonpositive_scores():
-    with pytest.raises(DataError, match="positive"):
-        maxwell_prefactor(np.ones(3), np.array([1.0, 0.0, 1.0]))
 
 
 # --------------------------------------------------------------------------- ensemble spread

@@ -26,7 +26,7 @@ import inspect
 from pathlib import Path
 
 from ..errors import ConfigError
-from .base import UncertaintyHead, maxwell_nll, maxwell_prefactor, maxwell_scale, read_settings
+from .base import UncertaintyHead, read_settings
 from .baselines import OracleHead, RandomHead
 from .distance import DistanceHead, LatentDistance, NearestNeighbourIndex
 from .ensemble import EnsembleHead, ensemble_spread
@@ -51,9 +51,6 @@ __all__ = [
     "RandomHead",
     "make_head",
     "load_head",
-    "maxwell_nll",
-    "maxwell_prefactor",
-    "maxwell_scale",
     "ensemble_spread",
     "LatentDistance",
     "NearestNeighbourIndex",

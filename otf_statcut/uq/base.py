@@ -9,8 +9,9 @@ Maxwell distribution** for that atom's force-error magnitude ``|F_pred − F_ref
     \\qquad -\\log p = 3\\log σ + \\frac{e^2}{2σ^2} - 2\\log e - \\tfrac12\\log(2/π).
 
 Every head is calibrated on the validation error magnitudes by minimising this negative
-log-likelihood (NLL). For a prefactor ``σ = A·s`` the minimiser is closed-form,
-``A² = Σ (e_i/s_i)² / (3n)`` (:func:`maxwell_prefactor`).
+log-likelihood (NLL, :func:`otf_statcut.stats.maxwell_nll`). For a prefactor ``σ = A·s`` the
+minimiser is closed-form, ``A² = Σ (e_i/s_i)² / (3n)``
+(:func:`otf_statcut.stats.maxwell_scale_factor`).
 
 Subclasses implement four hooks: ``_fit`` (head-specific training), ``_raw_sigma`` (the
 uncalibrated σ), ``_state`` / ``_set_state`` (arrays and tensors to save) and, if the head
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError, UserError
+from ..stats import maxwell_nll, maxwell_scale_factor
 
 #: Version of the layout written by :meth:`UncertaintyHead.save`.
 SCHEMA_VERSION = 1
@@ -39,68 +41,21 @@ SETTINGS_FILE = "head.json"
 STATE_FILE = "state.pt"
 #: Smallest σ (eV/Å) a head returns; keeps the Maxwell likelihood finite.
 SIGMA_FLOOR = 1e-8
-_HALF_LOG_2_OVER_PI = 0.5 * math.log(2.0 / math.pi)
 
 
 # --------------------------------------------------------------------------- Maxwell likelihood
-def maxwell_nll(errors: np.ndarray, sigmas: np.ndarray) -> float:
-    """Mean Maxwell negative log-likelihood of error magnitudes under per-atom scales.
-
-    Parameters
-    ----------
-    errors : array_like, shape (n,)
-        Force-error magnitudes ``|F_pred − F_ref|`` in eV/Å (≥ 0).
-    sigmas : array_like, shape (n,)
-        Maxwell scales in eV/Å (> 0).
-
-    Returns
-    -------
-    float
-        ``mean(3 log σ + e²/(2σ²) − 2 log e − ½ log(2/π))``; ``inf`` if any σ is 0 or an error is 0.
-    """
-    e = np.asarray(errors, dtype=np.float64).ravel()
-    s = np.asarray(sigmas, dtype=np.float64).ravel()
-    if e.shape != s.shape:
-        raise ValueError(f"errors and sigmas differ in length: {e.shape} vs {s.shape}")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = 3.0 * np.log(s) + e**2 / (2.0 * s**2) - 2.0 * np.log(e) - _HALF_LOG_2_OVER_PI
-    return float(np.mean(terms)) if np.all(np.isfinite(terms)) else math.inf
-
-
 def maxwell_nll_torch(errors: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
-    """Differentiable :func:`maxwell_nll` up to the σ-independent terms (mean of ``3 log σ + e²/2σ²``)."""
+    """Differentiable Maxwell NLL without σ-independent terms: mean of ``3 log σ + e²/(2σ²)``.
+
+    Same minimiser as :func:`otf_statcut.stats.maxwell_nll`; used where σ has parameters to fit
+    by gradient (the latent-distance weights).
+    """
     return torch.mean(3.0 * torch.log(sigmas) + errors**2 / (2.0 * sigmas**2))
 
 
-def maxwell_prefactor(errors: np.ndarray, scores: np.ndarray) -> float:
-    """Closed-form Maxwell maximum-likelihood prefactor ``A`` for ``σ = A·s``.
-
-    Setting ``d/dA`` of the summed NLL to zero gives ``A² = Σ (e_i / s_i)² / (3n)``.
-
-    Parameters
-    ----------
-    errors : array_like, shape (n,)
-        Error magnitudes in eV/Å.
-    scores : array_like, shape (n,)
-        Uncalibrated per-atom scores ``s_i > 0`` (any unit).
-
-    Returns
-    -------
-    float
-        ``A`` (eV/Å per unit of score).
-
-    Raises
-    ------
-    DataError
-        If there are no values, or a score is not positive and finite.
-    """
-    e = np.asarray(errors, dtype=np.float64).ravel()
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    if e.size == 0 or e.shape != s.shape:
-        raise DataError(f"calibration needs equal, non-empty error and score arrays (got {e.size} and {s.size})")
-    if not np.all(np.isfinite(s)) or np.any(s <= 0):
-        raise DataError("calibration needs positive finite uncertainty scores on every validation atom")
-    return float(np.sqrt(np.sum((e / s) ** 2) / (3.0 * e.size)))
+def _nll(errors: np.ndarray, sigmas: np.ndarray) -> float:
+    """:func:`otf_statcut.stats.maxwell_nll`, or ``inf`` when some σ is 0 (zero likelihood)."""
+    return maxwell_nll(errors, sigmas) if np.all(sigmas > 0) else math.inf
 
 
 def maxwell_scale(errors: np.ndarray) -> float:
@@ -108,7 +63,7 @@ def maxwell_scale(errors: np.ndarray) -> float:
     e = np.asarray(errors, dtype=np.float64).ravel()
     if e.size == 0:
         raise DataError("cannot fit a Maxwell scale to zero error values")
-    return float(np.sqrt(np.mean(e**2) / 3.0))
+    return maxwell_scale_factor(e, np.ones_like(e))
 
 
 # --------------------------------------------------------------------------- frame helpers
@@ -213,10 +168,10 @@ class UncertaintyHead(ABC):
         errors = np.concatenate(error_magnitudes(val_frames, val_predictions))
         self.scale_ = 1.0
         raw = np.concatenate(self._raw_sigma(val_frames, val_predictions))
-        self.nll_uncalibrated_ = maxwell_nll(errors, raw)
+        self.nll_uncalibrated_ = _nll(errors, raw)
         self._calibrate(errors, val_frames, val_predictions, raw)
         calibrated = np.concatenate(self.predict(val_frames, val_predictions))
-        self.nll_calibrated_ = maxwell_nll(errors, calibrated)
+        self.nll_calibrated_ = _nll(errors, calibrated)
         return self
 
     def predict(self, frames: Sequence, predictions: Sequence | None = None) -> list[np.ndarray]:
@@ -288,7 +243,7 @@ class UncertaintyHead(ABC):
 
     def _calibrate(self, errors: np.ndarray, val_frames, val_predictions, raw: np.ndarray) -> None:
         """Default calibration: one prefactor by Maxwell maximum likelihood."""
-        self.scale_ = maxwell_prefactor(errors, raw)
+        self.scale_ = maxwell_scale_factor(errors, raw)
 
     def _state(self, directory: Path) -> dict:
         """Tensors/arrays to save (torch.save-able with weights_only loading)."""

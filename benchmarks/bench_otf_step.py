@@ -7,14 +7,17 @@ matter), then Langevin MD runs
 * ``plain``: the potential's own ASE calculator (:class:`~otf_statcut.mlip.PotentialCalculator`);
 * ``otf``: :class:`~otf_statcut.engine.OTFCalculator` (NequIP + per-atom σ from the head + the
   decision), with the cutoffs set to infinity so that every step is trusted;
-* ``otf+log``: the same, plus the run recorder that ``otf-statcut run`` attaches (one HDF5
-  trajectory row per step, flushed every step; checkpoints every 10 steps).
+* ``otf+log``: the same, plus the run recorder that ``otf-statcut run`` attaches with its
+  defaults (one HDF5 trajectory row per step, flushed every step; checkpoints every 10 steps);
+* ``otf+log/flush 10``: the same with ``output.flush_every: 10``.
 
-The variants are timed in interleaved rounds (plain, otf, otf+log, plain, ...), one warm-up round
-then ``--repeats`` rounds of ``--steps`` steps, so load from other processes falls on all of them
-alike; the JSON keeps the minimum (least disturbed) and the median per-step time, and the ratios
-of the minima ``otf / plain`` (target ≤ 1.10) and ``otf+log / plain``. Torch runs on
-``--threads`` threads; the load average at the start and end is recorded.
+The three variants advance in lock-step: one step of plain MD, one of otf, one of otf+log, and
+again (each has its own dynamics via ``irun``), so load from other processes on this shared
+machine falls on all of them alike. After a 20-step warm-up, ``--repeats`` runs of ``--steps``
+steps are timed step by step. The JSON keeps per variant the median, mean and 10th percentile of
+the step times, and their ratios to plain MD: ``otf / plain`` (target ≤ 1.10) and
+``otf+log / plain``. The median is robust to load spikes; the mean includes costs paid every
+k-th step (checkpoints). Torch runs on ``--threads`` threads; the load average is recorded.
 
 Usage::
 
@@ -29,7 +32,6 @@ import dataclasses
 import json
 import os
 import platform
-import statistics
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -64,8 +66,8 @@ def _learner(atoms, head: str, steps: int):
     return learner, labeler
 
 
-def _time_md(atoms, calc, steps: int, seed: int, recorder_path: Path | None = None) -> float:
-    """Milliseconds per step of ``steps`` Langevin steps with ``calc`` (optionally recorded)."""
+def _dynamics(atoms, calc, seed: int, recorder_path: Path | None = None, flush_every: int = 1):
+    """Langevin dynamics on a copy of ``atoms`` with ``calc`` (and the run recorder, if asked)."""
     from ase import units
     from ase.md.langevin import Langevin
     from ase.parallel import DummyMPI
@@ -82,25 +84,35 @@ def _time_md(atoms, calc, steps: int, seed: int, recorder_path: Path | None = No
     log = None
     if recorder_path is not None:
         log = RunLog.create(recorder_path, overwrite=True)
-        dyn.attach(RunRecorder(log, dyn, calc, checkpoint_every=10, rng=rng), interval=1)
-    work.get_forces()
-    start = time.perf_counter()
-    dyn.run(steps)
-    elapsed = time.perf_counter() - start
-    if log is not None:
-        log.close()
-    return 1000.0 * elapsed / steps
+        dyn.attach(RunRecorder(log, dyn, calc, checkpoint_every=10, flush_every=flush_every, rng=rng), interval=1)
+    return dyn, log
 
 
 def _interleaved(atoms, variants: dict, steps: int, repeats: int, tmp: Path) -> dict[str, list[float]]:
-    """Time every variant once per round, rounds in turn (noise from other processes hits all alike);
-    round 0 warms up and is discarded."""
+    """Per-step wall times (ms) of each variant, the variants' steps taken in turn (plain, otf,
+    otf+log, plain, ...) so that load from other processes falls on all of them alike.
+
+    Each variant has its own calculator instance and its own dynamics; a warm-up run of 20 steps
+    per variant comes first and is discarded. ``repeats`` runs of ``steps`` steps follow.
+    """
     times = {name: [] for name in variants}
     for r in range(repeats + 1):
-        for name, (calc, record) in variants.items():
-            ms = _time_md(atoms, calc, steps, seed=r, recorder_path=tmp / f"{name}.h5" if record else None)
-            if r:
-                times[name].append(ms)
+        n = steps if r else 20
+        runs = {}
+        for name, (make_calc, flush_every) in variants.items():
+            dyn, log = _dynamics(atoms, make_calc(), seed=r, recorder_path=tmp / f"{name}.h5" if flush_every else None,
+                                 flush_every=flush_every or 1)
+            runs[name] = (dyn.irun(n), log)
+            next(runs[name][0])  # the initial force call and observers
+        for _ in range(n):
+            for name, (gen, _) in runs.items():
+                start = time.perf_counter()
+                next(gen)
+                if r:
+                    times[name].append(1000.0 * (time.perf_counter() - start))
+        for _, log in runs.values():
+            if log is not None:
+                log.close()
     return times
 
 
@@ -127,23 +139,25 @@ def main(argv=None) -> int:
             atoms = bulk("Cu", "fcc", cubic=True).repeat(REPEATS_CELLS[size])
             for head in args.heads:
                 learner, labeler = _learner(atoms, head, args.steps)
-                otf_calc = OTFCalculator(learner, labeler)
-                times = _interleaved(atoms, {"plain": (learner.potential.calculator(), False),
-                                             "otf": (otf_calc, False), "otf_log": (otf_calc, True)},
+                otf = lambda: OTFCalculator(learner, labeler)  # noqa: E731
+                times = _interleaved(atoms, {"plain": (learner.potential.calculator, 0), "otf": (otf, 0),
+                                             "otf_log": (otf, 1), "otf_log_flush10": (otf, 10)},
                                      args.steps, args.repeats, Path(tmp))
-                plain, otf, otf_log = times["plain"], times["otf"], times["otf_log"]
                 assert labeler.n_calls == 6, "a trusted-step benchmark must not label"
-                case = {
-                    "n_atoms": size, "head": head,
-                    "plain_ms_per_step": {"min": min(plain), "median": statistics.median(plain)},
-                    "otf_ms_per_step": {"min": min(otf), "median": statistics.median(otf)},
-                    "otf_log_ms_per_step": {"min": min(otf_log), "median": statistics.median(otf_log)},
-                    "ratio_otf": min(otf) / min(plain),
-                    "ratio_otf_log": min(otf_log) / min(plain),
-                }
+                case = {"n_atoms": size, "head": head}
+                for name, per_step in times.items():
+                    x = np.asarray(per_step)
+                    case[f"{name}_ms_per_step"] = {"median": float(np.median(x)), "mean": float(np.mean(x)),
+                                                   "p10": float(np.percentile(x, 10)), "steps": int(x.size)}
+                plain = case["plain_ms_per_step"]
+                for name in ("otf", "otf_log", "otf_log_flush10"):
+                    case[f"ratio_{name}"] = {k: case[f"{name}_ms_per_step"][k] / plain[k]
+                                             for k in ("median", "mean", "p10")}
                 cases.append(case)
-                print(f"{size:4d} atoms {head:9s} plain {min(plain):7.2f} ms  otf {min(otf):7.2f} ms "
-                      f"({case['ratio_otf']:.3f}x)  otf+log {min(otf_log):7.2f} ms ({case['ratio_otf_log']:.3f}x)")
+                print(f"{size:4d} atoms {head:9s} plain median {plain['median']:6.2f} ms (mean {plain['mean']:6.2f})"
+                      f"  otf {case['ratio_otf']['median']:.3f}x (mean {case['ratio_otf']['mean']:.3f}x)"
+                      f"  otf+log {case['ratio_otf_log']['median']:.3f}x (mean {case['ratio_otf_log']['mean']:.3f}x)"
+                      f"  otf+log/flush 10 {case['ratio_otf_log_flush10']['mean']:.3f}x (mean)")
     result = {
         "benchmark": "OTF step time on trusted steps vs plain ASE MD with the same NequIP calculator",
         "target_ratio": 1.10,

@@ -56,6 +56,7 @@ Example (every section optional except ``system``)::
       folder: runs/quickstart
       trajectory_every: 1
       checkpoint_every: 10
+      flush_every: 1                     # HDF5 flush interval in steps (labels: always at once)
       progress: true
 """
 
@@ -322,6 +323,10 @@ class OutputConfig:
         Write a trajectory row every this many steps (labelled steps are always written).
     checkpoint_every : int
         Write a checkpoint (positions, momenta, thermostat RNG, model) every this many steps.
+    flush_every : int
+        Flush the HDF5 file every this many steps (1: every step). Steps with a label, a new
+        model or a checkpoint are always flushed at once; larger values only save time on
+        trusted steps (rows after the last checkpoint are recomputed on resume anyway).
     progress : bool
         Show a progress bar on stderr.
     """
@@ -329,6 +334,7 @@ class OutputConfig:
     folder: Path = Path("otf-run")
     trajectory_every: int = _spec(1, check=lambda x: x >= 1, expected="an integer >= 1")
     checkpoint_every: int = _spec(10, check=lambda x: x >= 1, expected="an integer >= 1")
+    flush_every: int = _spec(1, check=lambda x: x >= 1, expected="an integer >= 1")
     progress: bool = True
 
 

@@ -67,6 +67,10 @@ class RunRecorder:
         A trajectory row is written every ``trajectory_every`` steps and at every labelled step;
         a checkpoint every ``checkpoint_every`` steps and after every step that added a label or
         a model (so the data set never holds labels past the last checkpoint's knowledge).
+    flush_every : int
+        Flush the file every this many steps (1: every step); a step with a label, a model or a
+        checkpoint is always flushed at once. Trajectory rows not yet flushed when a run is
+        killed are rows after its last checkpoint, which a resumed run recomputes anyway.
     rng : numpy.random.Generator or None
         The dynamics' random numbers (state kept in checkpoints).
     dynamics_state : callable or None
@@ -76,7 +80,8 @@ class RunRecorder:
     """
 
     def __init__(self, log: RunLog, dyn, calc: OTFCalculator, *, step_offset: int = 0, timestep_fs: float = 1.0,
-                 trajectory_every: int = 1, checkpoint_every: int = 10, rng: np.random.Generator | None = None,
+                 trajectory_every: int = 1, checkpoint_every: int = 10, flush_every: int = 1,
+                 rng: np.random.Generator | None = None,
                  dynamics_state: Callable[[], dict] | None = None, wall_offset: float = 0.0):
         self.log = log
         self.dyn = dyn
@@ -86,6 +91,7 @@ class RunRecorder:
         self.timestep_fs = float(timestep_fs)
         self.trajectory_every = int(trajectory_every)
         self.checkpoint_every = int(checkpoint_every)
+        self.flush_every = int(flush_every)
         self.rng = rng
         self.dynamics_state = dynamics_state
         self.wall_offset = float(wall_offset)
@@ -106,9 +112,11 @@ class RunRecorder:
         labelled = decision is not None and decision.action is not Action.TRUST
         if step > self.last_step and (step % self.trajectory_every == 0 or labelled or changed):
             self.write_step(step)
-        if step > self.checkpoint_step and (changed or step % self.checkpoint_every == 0):
+        checkpoint = step > self.checkpoint_step and (changed or step % self.checkpoint_every == 0)
+        if checkpoint:
             self.checkpoint(step)
-        self.log.flush()
+        if changed or checkpoint or step % self.flush_every == 0:
+            self.log.flush()
         self.calc.step = step + 1
 
     def drain(self) -> bool:

@@ -147,7 +147,8 @@ class OTFRun:
             restore_dynamics_state(cfg.md.ensemble, dyn, dyn_state)
             recorder = RunRecorder(runlog, dyn, calc, step_offset=step0, timestep_fs=cfg.md.timestep_fs,
                                    trajectory_every=cfg.output.trajectory_every,
-                                   checkpoint_every=cfg.output.checkpoint_every, rng=rng,
+                                   checkpoint_every=cfg.output.checkpoint_every,
+                                   flush_every=cfg.output.flush_every, rng=rng,
                                    dynamics_state=lambda: dynamics_state(cfg.md.ensemble, dyn), wall_offset=wall0)
             dyn.attach(recorder, interval=1)
             bar = None

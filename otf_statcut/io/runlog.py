@@ -1,8 +1,9 @@
 """The run log: the one module that writes (and lays out) the HDF5 file of ``otf-statcut run``.
 
 Append-only (the checkpoint group excepted, which holds only the latest state) and flushed by
-the writer after every MD step, so a killed run leaves a file that is readable with plain
-``h5py`` up to the last flushed step. The file is opened with HDF5's default (oldest) format
+the writer after every MD step (``output.flush_every``), so a killed run leaves a file that is
+readable with plain ``h5py`` up to the last flushed step. Trajectory rows wait in memory until
+the next :meth:`RunLog.flush` and are then written one block per column. The file is opened with HDF5's default (oldest) format
 version, which keeps no "open for writing" flag that a crash could leave set.
 
 Layout (schema ``otf-statcut/run``, version :data:`SCHEMA_VERSION`); ``T`` trajectory rows,
@@ -266,6 +267,9 @@ class RunLog:
         self.file = handle
         self.path = Path(handle.filename)
         self._keys: set[str] | None = None
+        self._pending: list[dict[str, np.ndarray]] = []
+        self._columns: dict | None = None
+        self._length = 0
 
     # --- opening ---------------------------------------------------------------------------
     @classmethod
@@ -331,18 +335,27 @@ class RunLog:
 
     # --- appending ----------------------------------------------------------------------------
     def append_trajectory(self, row: Mapping[str, Any]) -> int:
-        """Append one trajectory row (keys: the ``/trajectory`` columns except ``numbers``, plus
-        ``numbers`` on the first row). Returns the row index."""
-        g = self.file.get("trajectory")
-        if g is None:
+        """Append one trajectory row (keys: the ``/trajectory`` columns, plus ``numbers`` on the
+        first row). Returns the row index.
+
+        Rows are kept in memory until the next :meth:`flush`, which writes them as one block per
+        column (a per-row write costs about ten times more).
+        """
+        if "trajectory" not in self.file:
             n = len(row["positions"])
             g = self.file.create_group("trajectory")
             _make_table(g, _TRAJECTORY, n=n)
             g.create_dataset("numbers", data=np.asarray(row["numbers"], dtype=np.int32))
-        values = {k: row.get(k) for k in _TRAJECTORY}
-        if values["stress"] is None:
-            values["stress"] = np.full(6, np.nan)
-        return _append(g, _TRAJECTORY, values)
+        values = {}
+        for name, (dtype, _) in _TRAJECTORY.items():
+            value = row.get(name)
+            if value is None:
+                if name != "stress":
+                    raise ValueError(f"trajectory row lacks {name!r}")
+                value = np.full(6, np.nan)
+            values[name] = np.asarray(value, dtype=dtype)
+        self._pending.append(values)
+        return self.rows("trajectory") - 1
 
     def append_frame(self, frame: Atoms, *, step: int, reason: str, split: int, max_sigma: float = float("nan"),
                      labeler: Mapping[str, Any] | str = "", key: str | None = None) -> int:
@@ -405,11 +418,19 @@ class RunLog:
         """Replace the checkpoint group with ``cp`` (its row counts are filled in here)."""
         cp.trajectory_rows = self.rows("trajectory")
         cp.dataset_rows = self.rows("dataset")
-        if "checkpoint" in self.file:
-            del self.file["checkpoint"]
-        g = self.file.create_group("checkpoint")
-        for name in ("positions", "momenta", "cell", "numbers", "pbc"):
-            g.create_dataset(name, data=np.asarray(getattr(cp, name)))
+        arrays = {name: np.asarray(getattr(cp, name)) for name in ("positions", "momenta", "cell", "numbers", "pbc")}
+        g = self.file.get("checkpoint")
+        same = g is not None and all(name in g and g[name].shape == a.shape and g[name].dtype == a.dtype
+                                     for name, a in arrays.items())
+        if same:  # overwrite in place: HDF5 does not reuse the space of deleted datasets
+            for name, a in arrays.items():
+                g[name][...] = a
+        else:
+            if g is not None:
+                del self.file["checkpoint"]
+            g = self.file.create_group("checkpoint")
+            for name, a in arrays.items():
+                g.create_dataset(name, data=a)
         for name in ("step", "model", "n_labels", "labels_since_retrain", "trajectory_rows", "dataset_rows"):
             g.attrs[name] = int(getattr(cp, name))
         g.attrs["time_fs"] = float(cp.time_fs)
@@ -419,12 +440,28 @@ class RunLog:
         g.attrs["dynamics"] = json.dumps(cp.dynamics, default=_json_default)
 
     def flush(self) -> None:
+        """Write pending trajectory rows, then flush the file to the operating system."""
+        self._write_pending()
         self.file.flush()
+
+    def _write_pending(self) -> None:
+        if not self._pending:
+            return
+        if self._columns is None:  # dataset handles, row shapes, dtypes and length, looked up once
+            g = self.file["trajectory"]
+            self._columns = {name: (g[name].id, g[name].shape[1:], g[name].dtype) for name in _TRAJECTORY}
+            self._length = int(g["step"].shape[0])
+        start, count = self._length, len(self._pending)
+        for name, (dsid, row, dtype) in self._columns.items():
+            block = np.ascontiguousarray(np.stack([r[name] for r in self._pending]), dtype=dtype)
+            _write_rows(dsid, start, row, block)
+        self._length = start + count
+        self._pending = []
 
     def close(self) -> None:
         if self.file.id.valid:
             if self.file.mode != "r":
-                self.file.flush()
+                self.flush()
             self.file.close()
 
     def __enter__(self):
@@ -436,10 +473,13 @@ class RunLog:
     # --- reading ----------------------------------------------------------------------------
     def rows(self, table: str) -> int:
         """Number of rows of ``trajectory``, ``dataset``, ``models``, ``cutoffs`` or ``failures``."""
+        pending = len(self._pending) if table == "trajectory" else 0
+        if table == "trajectory" and self._columns is not None:
+            return self._length + pending
         if table not in self.file:
-            return 0
+            return pending
         first = "step" if table != "dataset" else "offset"
-        return int(len(self.file[table][first]))
+        return int(len(self.file[table][first])) + pending
 
     def read_checkpoint(self) -> Checkpoint | None:
         if "checkpoint" not in self.file:
@@ -458,6 +498,7 @@ class RunLog:
     def truncate_trajectory(self, keep_through_step: int) -> int:
         """Drop trajectory rows with ``step > keep_through_step`` (rows written after the last
         checkpoint, which a resumed run recomputes). Returns the rows dropped."""
+        self._write_pending()
         if "trajectory" not in self.file:
             return 0
         g = self.file["trajectory"]
@@ -467,6 +508,7 @@ class RunLog:
         if dropped:
             for name in _TRAJECTORY:
                 g[name].resize(keep, axis=0)
+        self._columns = None
         return dropped
 
     def has_key(self, key: str) -> bool:
@@ -573,6 +615,18 @@ def _append(g: h5py.Group, columns: Mapping[str, tuple], values: Mapping[str, An
         ds.resize(index + 1, axis=0)
         ds[index] = value
     return index
+
+
+def _write_rows(dsid, start: int, row: tuple, block: np.ndarray) -> None:
+    """Append ``block`` at row ``start`` with HDF5's low-level calls (h5py's high-level
+    indexing costs about ten times more per call)."""
+    from h5py import h5s
+
+    count = block.shape[0]
+    dsid.set_extent((start + count, *row))
+    file_space = dsid.get_space()
+    file_space.select_hyperslab((start, *(0,) * len(row)), (count, *row))
+    dsid.write(h5s.create_simple(block.shape), file_space, block)
 
 
 def _strings(ds: h5py.Dataset) -> np.ndarray:

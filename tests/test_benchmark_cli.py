@@ -27,7 +27,8 @@ def _frames(n: int = 8, seed: int = 0):
         atoms = base.copy()
         atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
         atoms.calc = EMT()
-        out.append(labelled_frame(atoms, atoms.get_potential_energy(), atoms.get_forces(), info={"group": "md"}))
+        out.append(labelled_frame(atoms, atoms.get_potential_energy(), atoms.get_forces(),
+                                  info={"group": "md"}))
     return out
 
 
@@ -59,7 +60,8 @@ def _fails(capsys, path: Path, *fragments: str) -> str:
 
 
 def test_good_input_parses(folder):
-    path = _input(folder, datasets=[{"name": "cu", "path": "good.extxyz", "select": {"group": "md"}, "count": 5}],
+    dataset = {"name": "cu", "path": "good.extxyz", "select": {"group": "md"}, "count": 5}
+    path = _input(folder, datasets=[dataset],
                   model={"num_features": 8}, training={"max_epochs": 3}, heads={"ensemble": {"n_members": 2}},
                   methods=["ensemble", "oracle"])
     config = load_benchmark_config(path)

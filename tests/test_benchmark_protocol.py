@@ -57,7 +57,8 @@ def _write_input(folder: Path, methods, max_iterations: int = 4, datasets=None) 
     data = {
         "datasets": datasets,
         "methods": list(methods),
-        "protocol": {"seed_frames": 6, "val_fraction": 0.34, "max_iterations": max_iterations, "sweep_points": 12},
+        "protocol": {"seed_frames": 6, "val_fraction": 0.34, "max_iterations": max_iterations,
+                     "sweep_points": 12},
         "model": {"num_features": 8, "num_layers": 1, "radial_mlp_width": 16, "r_max": 3.5},
         "training": {"max_epochs": 8, "batch_size": 4},
         "heads": {"ensemble": {"n_members": 2}, "gp": {"iterations": 20, "num_inducing": 8}},
@@ -219,9 +220,10 @@ def test_datasets_spread_over_two_ranks(tmp_path):
     ase.io.write(tmp_path / "b.extxyz", _cu_frames(16, seed=3, spike=None))
     path = _write_input(tmp_path, ["oracle"], max_iterations=2,
                         datasets=[{"name": "a", "path": "a.extxyz"}, {"name": "b", "path": "b.extxyz"}])
-    proc = subprocess.run([str(mpiexec), "-n", "2", sys.executable, "-m", "otf_statcut.cli", "benchmark", str(path),
-                           "-o", str(tmp_path / "out"), "--no-progress"], capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=tmp_path)
+    command = [str(mpiexec), "-n", "2", sys.executable, "-m", "otf_statcut.cli", "benchmark", str(path),
+               "-o", str(tmp_path / "out"), "--no-progress"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "[rank 0]" in proc.stdout and "[rank 1]" in proc.stdout
     rows = list(csv.DictReader(open(tmp_path / "out" / "summary.csv")))

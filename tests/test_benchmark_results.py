@@ -53,13 +53,15 @@ def _arrays(n_frames: int = 4, n_atoms: int = 12) -> dict:
     return out
 
 
-FITS = {"error_fit": {"name": "maxwell", "params": [0.1]}, "sigma_fit": {"name": "gamma", "params": [2.0, 0.05]}}
+FITS = {"error_fit": {"name": "maxwell", "params": [0.1]},
+        "sigma_fit": {"name": "gamma", "params": [2.0, 0.05]}}
 
 
 @pytest.fixture
 def store(tmp_path):
     s = BenchmarkResults(tmp_path / "out" / "results.h5")
-    assert s.initialise(input_text="datasets: []", settings={"a": 1, "b": {"c": 2}}, fingerprint="abc") is False
+    settings = {"a": 1, "b": {"c": 2}}
+    assert s.initialise(input_text="datasets: []", settings=settings, fingerprint="abc") is False
     s.write_dataset("d1", path="x.extxyz", frame_sizes=[3, 3, 3, 3], species=["Cu"])
     return s
 

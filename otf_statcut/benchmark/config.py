@@ -105,7 +105,8 @@ class DatasetSpec:
 class _DatasetInput:
     """A ``datasets[i]`` entry as written (checked by the run schema's helpers)."""
 
-    name: str = _spec(check=lambda x: bool(_NAME.match(x)), expected="a name of letters, digits, '_', '.', '-'")
+    name: str = _spec(check=lambda x: bool(_NAME.match(x)),
+                      expected="a name of letters, digits, '_', '.', '-'")
     path: Path = _spec()
     select: Mapping[str, Any] = _spec(factory=dict)
     first: int = _spec(0, check=lambda x: x >= 0, expected="an integer >= 0")
@@ -222,7 +223,8 @@ class BenchmarkConfig:
         protocol.pop("max_labels")
         training = dict(settings["training"])
         training.pop("progress", None)
-        data = {"protocol": protocol, "model": settings["model"], "training": training, "heads": settings["heads"]}
+        data = {"protocol": protocol, "model": settings["model"], "training": training,
+                "heads": settings["heads"]}
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -266,7 +268,8 @@ def parse_benchmark_config(data: Any, *, source: Path | None = None, text: str =
     datasets = _datasets(data["datasets"], ctx)
     methods = _convert(data["methods"], tuple[Literal[METHODS], ...], "methods", ctx)
     if not methods or len(set(methods)) != len(methods):
-        raise ctx.error("methods", data["methods"], f"a non-empty list of distinct methods from {list(METHODS)}")
+        raise ctx.error("methods", data["methods"],
+                        f"a non-empty list of distinct methods from {list(METHODS)}")
     protocol = _build(ProtocolSettings, data.get("protocol"), "protocol", ctx)
     model = _fields(ModelConfig, data.get("model"), "model", ctx, skip=("species",))
     training = TrainConfig(**_fields(TrainConfig, data.get("training"), "training", ctx))

@@ -70,7 +70,8 @@ def _axis(values: np.ndarray, cutoff: float, points: int) -> np.ndarray:
     return np.linspace(0.0, top if top > 0 else 1.0, int(points))
 
 
-def sweep_grids(errors, sigmas, error_cutoff: float, sigma_cutoff: float, points: int) -> dict[str, np.ndarray]:
+def sweep_grids(errors, sigmas, error_cutoff: float, sigma_cutoff: float,
+                points: int) -> dict[str, np.ndarray]:
     """Precision, recall and F1 over a grid of error × uncertainty cutoffs (paper Fig. 3).
 
     Returns

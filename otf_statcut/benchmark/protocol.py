@@ -137,7 +137,8 @@ def next_step(method: str, iteration: int, frame_sigma: np.ndarray, minimum: flo
     n_frames = len(frame_sigma)
     size = len(labelled)
     include = protocol.include_halt_frame
-    every = select_candidates(frame_sigma, minimum, maximum, n_frames, labelled=labelled, include_halt=include)
+    every = select_candidates(frame_sigma, minimum, maximum, n_frames, labelled=labelled,
+                              include_halt=include)
     n_candidates = int(every.indices.size)
     empty = np.zeros(0, dtype=np.int64)
     if n_candidates == 0:
@@ -224,7 +225,7 @@ class _Run:
         if not train or not val:
             raise DataError(f"{self.sampling.name}: iteration {iteration} has {len(train)} training and "
                             f"{len(val)} validation frames; both must be non-empty (protocol.val_fraction)")
-        model_config = self.config.model_config(self.potential.species if self.potential else self.sampling.species)
+        model_config = self.config.model_config(self.sampling.species)
         if self.potential is None or not self.protocol.warm_start:
             self.potential = NequIPPotential.build(model_config, train)
         self.potential.fit(train, val, self.config.training, warm_start=True)
@@ -249,12 +250,14 @@ class _Run:
                                       self.protocol.robust)
         except (FitError, UserError) as exc:
             raise DataError(f"{self.sampling.name} {self.method} iteration {iteration}: cannot fit the "
-                            f"validation errors/σ ({exc}); use more seed frames or a larger val_fraction") from exc
+                            f"validation errors/σ ({exc}); use more seed frames or a larger "
+                            "val_fraction") from exc
 
         frame_sigma = frame_max(sigma)
         frame_error = frame_max(errors)
         all_errors, all_sigma = np.concatenate(errors), np.concatenate(sigma)
-        step = next_step(self.method, iteration, frame_sigma, cut.minimum, cut.maximum, labelled, self.protocol)
+        step = next_step(self.method, iteration, frame_sigma, cut.minimum, cut.maximum, labelled,
+                         self.protocol)
         between, above = frame_counts(frame_sigma, cut.minimum, cut.maximum)
         cls = classification(all_errors, all_sigma, cut.error_cutoff, cut.minimum)
         n_frames = len(self.sampling)
@@ -338,9 +341,11 @@ def format_record(dataset: str, method: str, r: IterationRecord) -> str:
     """The one-line log of an iteration."""
     return (
         f"{dataset} {method:<8} it {r.iteration:>2}: size {r.dataset_size:>4} (+{r.n_added:<3}) "
-        f"err train/val/samp {r.mean_error_train:.3f}/{r.mean_error_val:.3f}/{r.mean_error_sampling:.3f} eV/Å | "
+        f"err train/val/samp {r.mean_error_train:.3f}/{r.mean_error_val:.3f}/"
+        f"{r.mean_error_sampling:.3f} eV/Å | "
         f"cut err {r.error_cutoff:.3f} σ [{r.sigma_minimum:.3f}, {r.sigma_maximum:.3f}] ({r.sigma_fit}) | "
-        f"frames between {r.n_between} above {r.n_above} | P {r.precision:.2f} R {r.recall:.2f} F1 {r.f1:.2f} | "
+        f"frames between {r.n_between} above {r.n_above} | "
+        f"P {r.precision:.2f} R {r.recall:.2f} F1 {r.f1:.2f} | "
         f"coverage {r.coverage:.2f} | {r.wall_time:.1f} s"
     )
 
@@ -379,8 +384,8 @@ def run_method(sampling: SamplingSet, method: str, config: BenchmarkConfig, stor
         arrays = store.iteration_arrays(name, method, -1)
         labelled = [int(i) for i in arrays["labelled"]]
         is_val = [bool(v) for v in arrays["is_val"]]
-        step = next_step(method, last.iteration, arrays["frame_sigma"], last.sigma_minimum, last.sigma_maximum,
-                         labelled, config.protocol)
+        step = next_step(method, last.iteration, arrays["frame_sigma"], last.sigma_minimum,
+                         last.sigma_maximum, labelled, config.protocol)
         if step.status != "running":
             summary = summarise(name, method, step.status, records)
             if status != step.status:
@@ -418,8 +423,8 @@ def run_method(sampling: SamplingSet, method: str, config: BenchmarkConfig, stor
         if step.status != "running":
             summary = summarise(name, method, step.status, records)
             store.finish(summary, _reason(step.status))
-            log.info("%s %s: %s after %d iterations; final data set %d frames", name, method, _reason(step.status),
-                     len(records), record.dataset_size)
+            log.info("%s %s: %s after %d iterations; final data set %d frames", name, method,
+                     _reason(step.status), len(records), record.dataset_size)
             return summary
         iteration += 1
         labelled = labelled + [int(i) for i in step.selected]

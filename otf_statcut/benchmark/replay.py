@@ -104,8 +104,9 @@ def load_sampling_set(spec: DatasetSpec, *, min_frames: int = 2) -> SamplingSet:
     stop = None if spec.count is None else spec.first + spec.count
     frames = frames[spec.first:stop]
     if len(frames) < min_frames:
-        raise DataError(f"{spec.path}: dataset {spec.name!r} has {len(frames)} frame(s) after select/first/count; "
-                        f"the benchmark needs at least {min_frames} (protocol.seed_frames + 1)")
+        raise DataError(f"{spec.path}: dataset {spec.name!r} has {len(frames)} frame(s) after "
+                        f"select/first/count; the benchmark needs at least {min_frames} "
+                        "(protocol.seed_frames + 1)")
     for index, atoms in enumerate(frames):
         atoms.info[REPLAY_KEY] = index
     return SamplingSet(name=spec.name, path=str(spec.path), frames=tuple(frames))
@@ -139,7 +140,8 @@ class ReplayLabeler(Labeler):
             raise LabelingError(f"configuration has no valid info[{REPLAY_KEY!r}] ({index!r})")
         frame = self.sampling.frames[int(index)]
         if len(frame) != len(atoms) or not np.allclose(frame.positions, atoms.positions, atol=1e-8):
-            raise LabelingError(f"configuration does not match recorded frame {index} of {self.sampling.path}")
+            raise LabelingError(f"configuration does not match recorded frame {index} of "
+                                f"{self.sampling.path}")
         result = {"energy": frame_energy(frame), "forces": frame_forces(frame)}
         stress = frame_stress(frame)
         if stress is not None:

@@ -34,7 +34,8 @@ from .config import BenchmarkConfig
 from .protocol import Observer, run_method
 from .replay import load_sampling_set
 
-__all__ = ["run_benchmark", "TaskQueue", "order_tasks", "task_weight", "RESULTS_FILE", "SUMMARY_FILE", "CHECKPOINT_DIR", "world"]
+__all__ = ["run_benchmark", "TaskQueue", "order_tasks", "task_weight", "world", "RESULTS_FILE",
+           "SUMMARY_FILE", "CHECKPOINT_DIR", "CLAIMS_FILE"]
 
 log = logging.getLogger("otf_statcut.benchmark")
 

@@ -27,10 +27,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "benchmark",
         help="replay labelled datasets through the active-learning protocol and compare uncertainty heads",
         description=(
-            "Seed a data set with a few random frames, then repeatedly train NequIP, fit each uncertainty head, "
-            "compute the statistical cutoffs and add the uncertain frames reached before the first frame above "
-            "the maximum cutoff (at most doubling), until nothing is uncertain. Results go to one HDF5 file "
-            "plus a CSV summary; re-running the same command resumes."
+            "Seed a data set with a few random frames, then repeatedly train NequIP, fit each uncertainty "
+            "head, compute the statistical cutoffs and add the uncertain frames reached before the first "
+            "frame above the maximum cutoff (at most doubling), until nothing is uncertain. Results go to "
+            "one HDF5 file plus a CSV summary; re-running the same command resumes."
         ),
     )
     p.add_argument("input", metavar="INPUT.yaml", help="benchmark input file")
@@ -91,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     rank = comm.Get_rank() if comm is not None else 0
     prefix = f"[rank {rank}] " if comm is not None else ""
     with _logging(folder, args.quiet, prefix):
-        summaries = run_benchmark(config, folder, restart=args.restart, comm=comm, progress=not args.no_progress)
+        summaries = run_benchmark(config, folder, restart=args.restart, comm=comm,
+                                  progress=not args.no_progress)
     if rank == 0:
         print(_table(summaries))
         print(f"results: {folder / 'results.h5'}  summary: {folder / 'summary.csv'}")
@@ -103,7 +104,8 @@ def _table(summaries) -> str:
             f"{'F1':>5} {'coverage':>8} {'time (s)':>9}")
     lines = [head, "-" * len(head)]
     for s in summaries:
-        lines.append(f"{s.dataset:<14} {s.method:<9} {s.status:<15} {s.iterations:>4} {s.final_dataset_size:>6} "
+        lines.append(f"{s.dataset:<14} {s.method:<9} {s.status:<15} {s.iterations:>4} "
+                     f"{s.final_dataset_size:>6} "
                      f"{s.final_mean_error_sampling:>9.4f} {s.final_f1:>5.2f} {s.final_coverage:>8.2f} "
                      f"{s.wall_time:>9.1f}")
     return "\n".join(lines)

@@ -23,7 +23,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("results", metavar="RESULTS.h5", help="results file written by 'otf-statcut benchmark'")
-    p.add_argument("-o", "--outdir", metavar="DIR", help="folder for the figures (default: <results folder>/figures)")
+    p.add_argument("-o", "--outdir", metavar="DIR",
+                   help="folder for the figures (default: <results folder>/figures)")
     p.add_argument("--iteration", default="first",
                    help="iteration shown by the parity, calibration and distribution figures: "
                         "first (default, as in the paper's SI), last, or an index")

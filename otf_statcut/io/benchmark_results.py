@@ -84,8 +84,10 @@ class IterationRecord:
     n_train: int = _col("frames", "training frames", "i4")
     n_val: int = _col("frames", "validation frames", "i4")
     n_added: int = _col("frames", "frames selected for the next iteration", "i4")
-    n_candidates: int = _col("frames", "frames the rule could add: unlabelled, above the minimum, before the stop (plus the halting frame)", "i4")
-    stopped_at: int = _col("", "sampling position of the first frame above the maximum cutoff (-1: none)", "i4")
+    n_candidates: int = _col("frames", "frames the rule could add: unlabelled, above the minimum, before "
+                                       "the stop (plus the halting frame)", "i4")
+    stopped_at: int = _col("", "sampling position of the first frame above the maximum cutoff (-1: none)",
+                           "i4")
     coverage: float = _col("", "fraction of the sampling order walked before stopping", "f8")
     n_between: int = _col("frames", "sampling frames with minimum <= max σ <= maximum", "i4")
     n_above: int = _col("frames", "sampling frames with max σ > maximum", "i4")
@@ -97,7 +99,8 @@ class IterationRecord:
     f1: float = _col("", "harmonic mean of precision and recall (NaN when undefined)", "f8")
     mean_error_train: float = _col("eV/Å", "mean per-atom force-error magnitude, training frames", "f8")
     mean_error_val: float = _col("eV/Å", "mean per-atom force-error magnitude, validation frames", "f8")
-    mean_error_sampling: float = _col("eV/Å", "mean per-atom force-error magnitude, whole sampling set", "f8")
+    mean_error_sampling: float = _col("eV/Å", "mean per-atom force-error magnitude, whole sampling set",
+                                      "f8")
     error_cutoff: float = _col("eV/Å", "statistical error cutoff (Maxwell on validation errors)", "f8")
     sigma_minimum: float = _col("eV/Å", "minimum uncertainty cutoff", "f8")
     sigma_maximum: float = _col("eV/Å", "maximum uncertainty cutoff (max_error mapped to σ)", "f8")
@@ -242,8 +245,9 @@ class BenchmarkResults:
             if old != fingerprint:
                 changed = _changed_keys(old_settings, dict(settings))
                 raise UserError(
-                    f"{self.path}: results of a benchmark with other settings ({', '.join(changed) or 'unknown'} "
-                    "differ); choose another output folder or pass --restart to discard them"
+                    f"{self.path}: results of a benchmark with other settings "
+                    f"({', '.join(changed) or 'unknown'} differ); choose another output folder or pass "
+                    "--restart to discard them"
                 )
             return True
         with self._open("w") as f:
@@ -274,15 +278,17 @@ class BenchmarkResults:
                             f"this version of otf-statcut reads {SCHEMA_VERSION}")
 
     # ------------------------------------------------------------------------------ writing
-    def write_dataset(self, name: str, *, path: str, frame_sizes: Sequence[int], species: Sequence[str]) -> None:
+    def write_dataset(self, name: str, *, path: str, frame_sizes: Sequence[int],
+                      species: Sequence[str]) -> None:
         """Record a sampling set (idempotent; a second call must describe the same set)."""
         sizes = np.asarray(frame_sizes, dtype=np.int64)
         with self._open("a") as f:
             if name in f:
                 old = f[name]["frame_sizes"][()]
                 if not np.array_equal(old, sizes):
-                    raise UserError(f"{self.path}: dataset {name!r} holds {old.size} frames of other sizes "
-                                    f"than the {sizes.size} frames read from {path}; use another output folder")
+                    raise UserError(f"{self.path}: dataset {name!r} holds {old.size} frames of other "
+                                    f"sizes than the {sizes.size} frames read from {path}; use another "
+                                    "output folder")
                 return
             g = f.create_group(name)
             g.attrs["path"] = str(path)
@@ -313,7 +319,8 @@ class BenchmarkResults:
             g = self._method_group(f, dataset, method)
             n_done = g["records"].shape[0]
             if record.iteration != n_done:
-                raise ValueError(f"{dataset}/{method}: iteration {record.iteration} written after {n_done} rows")
+                raise ValueError(f"{dataset}/{method}: iteration {record.iteration} written after "
+                                 f"{n_done} rows")
             iters = g.require_group("iterations")
             key = str(record.iteration)
             if key in iters:  # an orphan from an interrupted write

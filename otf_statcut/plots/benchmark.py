@@ -209,7 +209,8 @@ def sweeps_figure(first: dict, last: dict, method: str, title: str = "") -> Figu
     for row, data in zip(axes, rows):
         x, y = data["sweep_sigma_cutoffs"], data["sweep_error_cutoffs"]
         cut = data["fits"]["cutoffs"]
-        for ax, key, name in zip(row, ("sweep_precision", "sweep_recall", "sweep_f1"), ("precision", "recall", "F1")):
+        panels = zip(row, ("sweep_precision", "sweep_recall", "sweep_f1"), ("precision", "recall", "F1"))
+        for ax, key, name in panels:
             grid = np.ma.masked_invalid(np.asarray(data[key], dtype=float))
             mesh = ax.pcolormesh(x, y, grid, vmin=0, vmax=1, cmap=_SWEEP_CMAP, shading="nearest")
             ax.axvline(cut["minimum"], color="black", ls=":", lw=1.5)
@@ -244,7 +245,8 @@ def parity_figure(per_method: dict[str, dict], title: str = "") -> Figure:
         pick = _subsample(se.size)
         ax.scatter(ss[pick], se[pick], s=3, alpha=0.35, color="tab:blue", label="sampling", rasterized=True)
         pick = _subsample(ve.size)
-        ax.scatter(vs[pick], ve[pick], s=3, alpha=0.5, color="tab:orange", label="validation", rasterized=True)
+        ax.scatter(vs[pick], ve[pick], s=3, alpha=0.5, color="tab:orange", label="validation",
+                   rasterized=True)
         top = float(max(np.max(se), np.max(ss), 1e-6))
         ax.plot([0, top], [0, top], color="0.5", lw=0.8)
         ax.axhline(cut["error_cutoff"], color="black", ls=":", lw=1.2)
@@ -378,17 +380,20 @@ def plot_benchmark(path, outdir=None, *, iteration: str | int = "first", fmt: st
                 return data
 
             first, last = arrays(0), arrays(len(records) - 1)
-            save(sweeps_figure(first, last, method, f"{dataset}, {LABELS.get(method, method)}: sweeps of "
-                               "error × uncertainty cutoffs (statistical cutoffs dotted)"), f"sweeps_{dataset}_{method}")
+            title = (f"{dataset}, {LABELS.get(method, method)}: sweeps of error × uncertainty cutoffs "
+                     "(statistical cutoffs dotted)")
+            save(sweeps_figure(first, last, method, title), f"sweeps_{dataset}_{method}")
             index = _pick(records, iteration)
             chosen[method] = first if index == 0 else last if index == len(records) - 1 else arrays(index)
             save(distributions_figure(chosen[method], method), f"distributions_{dataset}_{method}")
-        save(parity_figure(chosen, f"{dataset}: σ vs true error ({iteration} iteration)"), f"parity_{dataset}")
+        save(parity_figure(chosen, f"{dataset}: σ vs true error ({iteration} iteration)"),
+             f"parity_{dataset}")
         if any(m not in TRUE_ERROR_METHODS for m in chosen):
             save(calibration_figure(chosen, f"{dataset}: Maxwell calibration ({iteration} iteration)"),
                  f"calibration_{dataset}")
     if not all_curves:
         raise UserError(f"{results.path}: no completed iteration to plot yet")
     if len(all_curves) > 1:
-        save(curves_figure(aggregate_curves(all_curves), "all datasets (sizes and counts summed)"), "curves_all")
+        save(curves_figure(aggregate_curves(all_curves), "all datasets (sizes and counts summed)"),
+             "curves_all")
     return written

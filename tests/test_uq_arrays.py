@@ -43,12 +43,12 @@ def test_ensemble_spread_formula_and_rotation_invariance():
 
 
 # --------------------------------------------------------------------------- nearest neighbours
-@pytest.mark.parametrize("block", [7, 1000, 1 << 24])
-def test_nearest_neighbour_matches_brute_force(block):
+@pytest.mark.parametrize(("method", "block"), [("kdtree", 0), ("brute", 7), ("brute", 1000), ("brute", 1 << 24)])
+def test_nearest_neighbour_matches_numpy(method, block):
     rng = np.random.default_rng(5)
     reference, query = rng.normal(size=(300, 8)), rng.normal(size=(50, 8))
     expected = np.argmin(((query[:, None, :] - reference[None]) ** 2).sum(-1), axis=1)
-    index = NearestNeighbourIndex(reference, block_elements=block)
+    index = NearestNeighbourIndex(reference, method=method, block_elements=block or 1 << 24)
     np.testing.assert_array_equal(index.query(query), expected)
     np.testing.assert_allclose(index.differences(query), np.abs(query - reference[expected]))
     np.testing.assert_array_equal(index.differences(reference[:5]), 0.0)
@@ -111,6 +111,16 @@ def test_distance_state_round_trip():
     model = LatentDistance().fit_reference(train, np.full(300, 3)).fit_weights(val, np.full(200, 3), errors)
     clone = LatentDistance().set_state(model.state())
     np.testing.assert_array_equal(clone.sigma(val, np.full(200, 3)), model.sigma(val, np.full(200, 3)))
+
+
+def test_distance_search_methods_agree_and_unknown_method_is_refused():
+    train, val, errors, _ = synthetic_distance_problem(n_train=500, n_val=300)
+    numbers = np.full(300, 3)
+    tree = LatentDistance(search="kdtree").fit_reference(train, np.full(500, 3)).fit_weights(val, numbers, errors)
+    brute = LatentDistance(search="brute").fit_reference(train, np.full(500, 3)).fit_weights(val, numbers, errors)
+    np.testing.assert_allclose(tree.sigma(val, numbers), brute.sigma(val, numbers), rtol=1e-6)
+    with pytest.raises(ConfigError, match="'search'"):
+        make_head("distance", search="ball")
 
 
 def test_fit_distance_weights_checks_shapes():
@@ -193,3 +203,13 @@ def test_make_head_registry_and_errors():
         make_head("gp", n_inducing=3)
     with pytest.raises(ConfigError, match="n_members"):
         make_head("ensemble", n_members=1)
+
+
+def test_closed_form_posterior_equals_gpytorch(trained_gp):
+    x, _, _ = synthetic_gp_problem(seed=13, n=300)
+    x = np.concatenate([x, x[:20] * 5.0])  # include points far from the data
+    assert trained_gp._posterior is not None
+    mean, var = trained_gp.latent(x)
+    mean_ref, var_ref = trained_gp.latent(x, use_gpytorch=True)
+    np.testing.assert_allclose(mean, mean_ref, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(var, var_ref, rtol=1e-8, atol=1e-10)

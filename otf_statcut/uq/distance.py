@@ -10,9 +10,11 @@ with ``σ_0`` and the ``σ_i`` fitted per element by minimising the Maxwell nega
 log-likelihood of the validation force-error magnitudes (validation atoms are not in the
 training set, so their distances are informative; training atoms have ``d = 0``).
 
-Nearest neighbours are found by blocked brute force in torch (one matrix product per block,
-``|y|² − 2 x·y``), so memory stays bounded and the cost grows linearly with the training set;
-the chosen neighbour's differences are then recomputed exactly in float64.
+Nearest neighbours are found with a KD-tree (``scipy.spatial.cKDTree``, exact) by default, or
+by blocked brute force in torch (one matrix product per block, ``|y|² − 2 x·y``, bounded memory,
+linear cost); the chosen neighbour's differences are computed in float64. Latent features have a
+low intrinsic dimension, where the tree is the faster of the two and grows sub-linearly with the
+training set (``benchmarks/bench_heads.py`` measures both).
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .base import (
     UncertaintyHead,
     element_groups,
@@ -38,31 +41,50 @@ BLOCK_ELEMENTS = 1 << 24
 
 
 class NearestNeighbourIndex:
-    """Exact Euclidean nearest neighbour over a fixed set of reference vectors.
+    """Euclidean nearest neighbour over a fixed set of reference vectors.
 
     Parameters
     ----------
     reference : array_like, shape (N, F)
         Reference vectors (training latent features of one element).
+    method : {"kdtree", "brute"}
+        ``"kdtree"``: ``scipy.spatial.cKDTree``, exact in float64; fast for latent features,
+        whose intrinsic dimension is low (a few directions carry most of the variance), and
+        sub-linear in N. ``"brute"``: blocked torch matrix products ``|y|² − 2 x·y`` in float32,
+        linear in N whatever the data; the nearest vector is exact up to float32 rounding (near
+        ties may pick a neighbour a rounding error farther).
     block_elements : int
-        Memory bound: at most this many query-reference scores are formed at once.
+        ``"brute"`` only: at most this many query-reference scores are held at once.
     """
 
-    def __init__(self, reference: np.ndarray, block_elements: int = BLOCK_ELEMENTS) -> None:
+    METHODS = ("kdtree", "brute")
+
+    def __init__(self, reference: np.ndarray, method: str = "kdtree", block_elements: int = BLOCK_ELEMENTS) -> None:
         ref = np.asarray(reference, dtype=np.float64)
         if ref.ndim != 2 or ref.shape[0] == 0:
             raise DataError(f"nearest-neighbour reference must be a non-empty (N, F) array, got {ref.shape}")
+        if method not in self.METHODS:
+            raise ConfigError(f"distance head: key 'search' is {method!r}, expected one of {list(self.METHODS)}")
         self.reference = ref
-        self._ref32 = torch.as_tensor(ref, dtype=torch.float32)
-        self._ref_sq = (self._ref32 * self._ref32).sum(dim=1)
+        self.method = method
         self.block_elements = int(block_elements)
+        if method == "kdtree":
+            self._tree = cKDTree(ref)
+        else:
+            self._ref32 = torch.as_tensor(ref, dtype=torch.float32)
+            self._ref_sq = (self._ref32 * self._ref32).sum(dim=1)
 
     def __len__(self) -> int:
         return self.reference.shape[0]
 
     def query(self, x: np.ndarray) -> np.ndarray:
         """Index of the nearest reference vector for each row of ``x`` (shape (n,))."""
-        q = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+        if self.method == "kdtree":
+            return self._tree.query(np.asarray(x, dtype=np.float64), k=1)[1]
+        return self._query_brute(np.asarray(x))
+
+    def _query_brute(self, x: np.ndarray) -> np.ndarray:
+        q = torch.as_tensor(x, dtype=torch.float32)
         n, n_ref = q.shape[0], self._ref32.shape[0]
         ref_block = min(n_ref, self.block_elements)
         query_block = max(1, self.block_elements // ref_block)
@@ -155,13 +177,13 @@ class LatentDistance:
     ----------
     max_iter : int
         L-BFGS iterations of the weight fit.
-    block_elements : int
-        Memory bound of the nearest-neighbour search.
+    search : {"kdtree", "brute"}
+        Nearest-neighbour method (:class:`NearestNeighbourIndex`).
     """
 
-    def __init__(self, max_iter: int = 500, block_elements: int = BLOCK_ELEMENTS) -> None:
+    def __init__(self, max_iter: int = 500, search: str = "kdtree") -> None:
         self.max_iter = int(max_iter)
-        self.block_elements = int(block_elements)
+        self.search = search
         self.index_: dict[int, NearestNeighbourIndex] = {}
         self.sigma0_: dict[int, float] = {}
         self.weights_: dict[int, np.ndarray] = {}
@@ -169,7 +191,7 @@ class LatentDistance:
     def fit_reference(self, features: np.ndarray, numbers: np.ndarray) -> LatentDistance:
         """Store the training latent vectors, per element; resets the weights to unit L1."""
         features = np.asarray(features)
-        self.index_ = {z: NearestNeighbourIndex(features[idx], self.block_elements)
+        self.index_ = {z: NearestNeighbourIndex(features[idx], self.search)
                        for z, idx in element_groups(numbers).items()}
         n_features = features.shape[1]
         self.sigma0_ = {z: 0.0 for z in self.index_}
@@ -215,7 +237,7 @@ class LatentDistance:
     def set_state(self, state: dict) -> LatentDistance:
         """Restore what :meth:`state` returned."""
         elements = sorted(int(k.split("_")[1]) for k in state if k.startswith("reference_"))
-        self.index_ = {z: NearestNeighbourIndex(state[f"reference_{z}"].numpy(), self.block_elements)
+        self.index_ = {z: NearestNeighbourIndex(state[f"reference_{z}"].numpy(), self.search)
                        for z in elements}
         self.sigma0_ = {z: float(state[f"sigma0_{z}"]) for z in elements}
         self.weights_ = {z: state[f"weights_{z}"].numpy().copy() for z in elements}
@@ -239,14 +261,19 @@ class DistanceHead(UncertaintyHead):
     ----------
     max_iter : int, default 500
         L-BFGS iterations of the Maxwell-NLL weight fit.
+    search : {"kdtree", "brute"}, default "kdtree"
+        Nearest-neighbour method (:class:`NearestNeighbourIndex`).
     """
 
     name = "distance"
     needs_features = True
 
-    def __init__(self, max_iter: int = 500) -> None:
-        super().__init__(max_iter=int(max_iter))
-        self.model_ = LatentDistance(max_iter=int(max_iter))
+    def __init__(self, max_iter: int = 500, search: str = "kdtree") -> None:
+        if search not in NearestNeighbourIndex.METHODS:
+            raise ConfigError(f"distance head: key 'search' is {search!r}, "
+                              f"expected one of {list(NearestNeighbourIndex.METHODS)}")
+        super().__init__(max_iter=int(max_iter), search=search)
+        self.model_ = LatentDistance(max_iter=int(max_iter), search=search)
 
     def _fit(self, train_frames, train_predictions, val_frames, val_predictions) -> None:
         self.model_.fit_reference(*_concat_features(train_frames, train_predictions))

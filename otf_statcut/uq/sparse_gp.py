@@ -87,6 +87,59 @@ class ErrorGP(gpytorch.models.ApproximateGP):
         return gpytorch.distributions.MultivariateNormal(self.mean_module(x), self.covar_module(x))
 
 
+class WhitenedPosterior:
+    r"""The trained GP's predictive mean and variance in closed form, for fast per-step use.
+
+    For gpytorch's (whitened) :class:`~gpytorch.variational.VariationalStrategy` the predictive
+    distribution at ``x`` is
+
+    .. math::
+
+        μ(x) = c + k_{xZ} L^{-T} m, \qquad
+        v(x) = k_{xx} + ε + k_{xZ} L^{-T} (S − I) L^{-1} k_{Zx},
+
+    with ``L L^T = K_{ZZ} + εI``, ``m`` and ``S`` the whitened variational mean and covariance and
+    ε the strategy's jitter — exactly what ``VariationalStrategy.forward`` computes in eval mode.
+    The quantities that do not depend on ``x`` are taken from the trained model once; a call
+    is then one kernel matrix, one triangular solve and two small products, without gpytorch's
+    lazy-tensor bookkeeping (about 1 ms per call for a few hundred atoms). Equality with
+    gpytorch is checked by the tests.
+
+    Parameters
+    ----------
+    model : ErrorGP
+        A trained model whose strategy is exactly ``VariationalStrategy``.
+    """
+
+    def __init__(self, model: ErrorGP) -> None:
+        strategy = model.variational_strategy
+        kernel = model.covar_module
+        with torch.no_grad():
+            self.constant = model.mean_module.constant.detach().to(DTYPE).reshape(())
+            self.outputscale = kernel.outputscale.detach().to(DTYPE).reshape(())
+            self.lengthscale = kernel.base_kernel.lengthscale.detach().to(DTYPE).reshape(-1)
+            self.jitter = float(strategy.jitter_val)
+            inducing = strategy.inducing_points.detach().to(DTYPE)
+            k_zz = kernel(inducing).to_dense() + self.jitter * torch.eye(len(inducing), dtype=DTYPE)
+            self.chol = torch.linalg.cholesky(k_zz)
+            q = strategy.variational_distribution
+            self.mean_whitened = q.mean.detach().to(DTYPE)
+            self.middle = q.covariance_matrix.detach().to(DTYPE) - torch.eye(len(inducing), dtype=DTYPE)
+            self.z = inducing / self.lengthscale
+            self.z_sq = (self.z * self.z).sum(dim=1)
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predictive mean and variance of the latent function at ``x`` (n, d), float64."""
+        with torch.no_grad():
+            xs = x.to(DTYPE) / self.lengthscale
+            sq = (xs * xs).sum(dim=1, keepdim=True) + self.z_sq - 2.0 * xs @ self.z.T
+            k_xz = self.outputscale * torch.exp(-0.5 * sq.clamp_min(0.0))
+            interp = torch.linalg.solve_triangular(self.chol, k_xz.T, upper=False)
+            mean = self.constant + interp.T @ self.mean_whitened
+            var = self.outputscale + self.jitter + ((self.middle @ interp) * interp).sum(dim=0)
+            return mean, var.clamp_min(gpytorch.settings.min_variance.value(DTYPE))
+
+
 class ElementGP:
     """The GP of one element on arrays: ``fit(features, errors)``, ``scale(features)``.
 
@@ -120,6 +173,7 @@ class ElementGP:
         self.x_mean_: torch.Tensor | None = None
         self.x_std_: torch.Tensor | None = None
         self.loss_history_: list[float] = []
+        self._posterior: WhitenedPosterior | None = None
 
     def _standardise(self, features: np.ndarray) -> torch.Tensor:
         x = torch.as_tensor(np.asarray(features), dtype=DTYPE)
@@ -168,16 +222,30 @@ class ElementGP:
                 loss.backward()
                 optimiser.step()
                 self.loss_history_.append(float(loss.detach()))
-        model.eval()
-        likelihood.eval()
+        self._eval()
         return self
 
-    def latent(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior mean and variance of log error magnitude, each (n,)."""
+    def _eval(self) -> None:
+        """Eval mode, and the closed-form posterior where the strategy allows it."""
+        self.model_.eval()
+        self.likelihood_.eval()
+        exact_type = type(self.model_.variational_strategy) is gpytorch.variational.VariationalStrategy
+        self._posterior = WhitenedPosterior(self.model_) if exact_type else None
+
+    def latent(self, features: np.ndarray, use_gpytorch: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and variance of log error magnitude at ``features`` (n, d), each (n,).
+
+        Uses :class:`WhitenedPosterior` for the default strategy, gpytorch's own call otherwise
+        or when ``use_gpytorch`` is true.
+        """
         if self.model_ is None:
             raise DataError("the GP is not fitted")
+        x = self._standardise(features)
+        if self._posterior is not None and not use_gpytorch:
+            mean, var = self._posterior(x)
+            return mean.numpy(), var.numpy()
         with torch.no_grad():
-            f = self.model_(self._standardise(features))
+            f = self.model_(x)
             return f.mean.numpy(), f.variance.numpy()
 
     def scale(self, features: np.ndarray) -> np.ndarray:
@@ -203,8 +271,7 @@ class ElementGP:
         self._build(torch.zeros_like(inducing, dtype=DTYPE))
         self.model_.load_state_dict(state["model"])
         self.likelihood_.load_state_dict(state["likelihood"])
-        self.model_.eval()
-        self.likelihood_.eval()
+        self._eval()
         return self
 
 

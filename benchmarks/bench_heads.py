@@ -1,0 +1,274 @@
+"""Uncertainty heads on mlearn Li: per-MD-step cost, calibration and out-of-distribution ratios.
+
+Writes ``benchmarks/results/heads.json`` and prints markdown tables.
+
+1. **Training** (bulk only). A NequIP potential (``ModelConfig`` defaults: 2 layers, l_max 1,
+   32 features, r_max 4.5 Å, float32) is trained on ``--frames`` bulk AIMD-NVT frames of
+   ``Li_training.extxyz`` (10 more for validation); then every head is fitted: ensemble
+   (``--members`` models, member 0 = the potential, the others trained like it), sparse GP
+   (1000 iterations), latent distance, oracle, random.
+2. **Calibration.** Validation Maxwell NLL before and after each head's calibration.
+3. **Out of distribution.** Mean σ over the atoms of held-out frames: bulk AIMD-NVT
+   (``Li_test.extxyz``), Vacancy and Surface frames (both files), and the broken-shell surface atoms
+   (fewer than 8 neighbours within 3.2 Å); ratios to the bulk mean, for each head and for the true
+   error ``|F_pred − F_ref|`` (the oracle).
+4. **Cost per MD step** on 54- and 250-atom BCC Li cells (3×3×3 and 5×5×5 conventional cells,
+   a = 3.44 Å, positions rattled anew for each step): ``plain`` is the potential's energy+forces
+   call (``predict(stress=False, features=False)``); each head's variant is the same call (with the
+   latent features if the head needs them) followed by ``head.predict(frames, predictions)``. The
+   variants are called in turn on the same configuration, step after step, so that load from other
+   processes falls on all alike; medians over ``--steps`` steps after 10 warm-up steps.
+   Targets: distance and GP ≤ 1.15× plain; an ensemble of n ≤ 1.05·n× plain.
+5. **Nearest-neighbour scaling.** Distance-head σ for a 250-atom cell against reference sets of
+   2 000 – 50 000 real latent vectors (rattled bulk frames), with the KD-tree and the blocked
+   brute-force search.
+
+Usage::
+
+    python benchmarks/bench_heads.py [--frames 40] [--epochs 60] [--members 4] [--steps 100]
+                                     [--threads 1] [--workdir DIR] [--output PATH]
+
+``--workdir`` keeps the trained potential and heads; a second run with the same directory loads
+them instead of training again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "heads.json"
+DATA = Path(os.environ.get("OTF_SHARED_DATA", ROOT.parent / "shared" / "data")) / "mlearn-Li"
+HEAD_NAMES = ("ensemble", "gp", "distance", "oracle", "random")
+TIMED_HEADS = ("distance", "gp", "ensemble", "random")  # the oracle needs reference forces: no MD use
+CELLS = {54: 3, 250: 5}
+
+
+def _frames():
+    import ase.io
+
+    train_file, test_file = ase.io.read(DATA / "Li_training.extxyz", ":"), ase.io.read(DATA / "Li_test.extxyz", ":")
+    everything = train_file + test_file
+    return {
+        "bulk_pool": [a for a in train_file if a.info["group"] == "AIMD-NVT"],
+        "bulk": [a for a in test_file if a.info["group"] == "AIMD-NVT"],
+        "vacancy": [a for a in everything if a.info["group"] == "Vacancy"],
+        "surface": [a for a in everything if a.info["group"] == "Surface"],
+    }
+
+
+def _broken_shell(frames, cutoff=3.2, full_shell=8) -> np.ndarray:
+    from ase.neighborlist import neighbor_list
+
+    return np.concatenate([np.bincount(neighbor_list("i", a, cutoff), minlength=len(a)) < full_shell for a in frames])
+
+
+def _train(args, data, workdir: Path):
+    """The potential and fitted heads (loaded from ``workdir`` when present), with fit times."""
+    from otf_statcut.mlip import ModelConfig, NequIPPotential, TrainConfig
+    from otf_statcut.uq import load_head, make_head
+
+    order = np.random.default_rng(0).permutation(len(data["bulk_pool"]))
+    train = [data["bulk_pool"][i] for i in order[: args.frames]]
+    val = [data["bulk_pool"][i] for i in order[args.frames : args.frames + 10]]
+    train_config = TrainConfig(max_epochs=args.epochs, batch_size=4, learning_rate=0.01, seed=0)
+    seconds = {}
+    if (workdir / "potential").is_dir():
+        potential = NequIPPotential.load(workdir / "potential")
+    else:
+        start = time.perf_counter()
+        potential = NequIPPotential.build(ModelConfig(species=("Li",)), train).fit(train, val, train_config)
+        seconds["potential"] = time.perf_counter() - start
+        potential.save(workdir / "potential")
+    settings = {"ensemble": {"n_members": args.members, "train_config": train_config}, "gp": {}, "distance": {},
+                "oracle": {}, "random": {"seed": 0}}
+    heads = {}
+    for name in HEAD_NAMES:
+        folder = workdir / f"head_{name}"
+        if folder.is_dir():
+            heads[name] = load_head(folder, potential)
+            continue
+        start = time.perf_counter()
+        heads[name] = make_head(name, **settings[name]).fit(potential, train, val)
+        seconds[name] = time.perf_counter() - start
+        heads[name].save(folder)
+    return potential, heads, {"train_frames": len(train), "val_frames": len(val), "fit_seconds": seconds}
+
+
+def _ood(potential, heads, data) -> dict:
+    from otf_statcut.uq.base import error_magnitudes
+
+    groups = {g: data[g] for g in ("bulk", "vacancy", "surface")}
+    predictions = {g: potential.predict(f, stress=False) for g, f in groups.items()}
+    broken = _broken_shell(groups["surface"])
+    values = {"true_error": {g: np.concatenate(error_magnitudes(groups[g], predictions[g])) for g in groups}}
+    for name, head in heads.items():
+        values[name] = {g: np.concatenate(head.predict(groups[g], predictions[g])) for g in groups}
+    out = {}
+    for name, v in values.items():
+        bulk = v["bulk"].mean()
+        out[name] = {
+            "mean_bulk": float(bulk),
+            "mean_vacancy": float(v["vacancy"].mean()),
+            "mean_surface": float(v["surface"].mean()),
+            "mean_broken_shell_surface_atoms": float(v["surface"][broken].mean()),
+            "ratio_vacancy_surface_to_bulk": float(np.concatenate([v["vacancy"], v["surface"]]).mean() / bulk),
+            "ratio_vacancy_to_bulk": float(v["vacancy"].mean() / bulk),
+            "ratio_surface_to_bulk": float(v["surface"].mean() / bulk),
+            "ratio_broken_shell_to_bulk": float(v["surface"][broken].mean() / bulk),
+        }
+    out["atoms"] = {g: int(sum(len(a) for a in f)) for g, f in groups.items()} | {"broken_shell": int(broken.sum())}
+    return out
+
+
+def _cells(n_atoms: int, steps: int) -> list:
+    from ase.build import bulk
+
+    base = bulk("Li", "bcc", a=3.44, cubic=True).repeat(CELLS[n_atoms])
+    assert len(base) == n_atoms
+    rng = np.random.default_rng(n_atoms)
+    cells = []
+    for _ in range(steps):
+        atoms = base.copy()
+        atoms.positions += rng.normal(scale=0.1, size=atoms.positions.shape)
+        cells.append(atoms)
+    return cells
+
+
+def _timings(potential, heads, n_atoms: int, steps: int, warmup: int = 10) -> dict:
+    """Median ms per step of the plain call and of the call plus each timed head, interleaved."""
+
+    def plain(atoms):
+        return potential.predict([atoms], stress=False, features=False)
+
+    def with_head(head):
+        def call(atoms):
+            predictions = potential.predict([atoms], stress=False, features=head.needs_features)
+            return head.predict([atoms], predictions)
+
+        return call
+
+    variants = {"plain": plain} | {name: with_head(heads[name]) for name in TIMED_HEADS}
+    times = {name: [] for name in variants}
+    for i, atoms in enumerate(_cells(n_atoms, steps + warmup)):
+        for name, call in variants.items():
+            start = time.perf_counter()
+            call(atoms)
+            if i >= warmup:
+                times[name].append(1000.0 * (time.perf_counter() - start))
+    med = {name: float(np.median(t)) for name, t in times.items()}
+    return {
+        "n_atoms": n_atoms,
+        "steps": steps,
+        "ms_per_step_median": med,
+        "ms_per_step_p10": {name: float(np.percentile(t, 10)) for name, t in times.items()},
+        "ratio_to_plain": {name: med[name] / med["plain"] for name in TIMED_HEADS},
+    }
+
+
+def _nn_scaling(potential, data, sizes=(2_000, 10_000, 50_000), repeats=20) -> list[dict]:
+    """Distance-head σ for one 250-atom cell against growing reference sets of real latent features.
+
+    The references are the potential's latent features of bulk training frames with fresh random
+    displacements (σ = 0.05 Å), so they have the intrinsic dimension real training sets have.
+    """
+    from otf_statcut.uq import LatentDistance
+
+    rng = np.random.default_rng(1)
+    frames = []
+    while sum(len(a) for a in frames) < max(sizes):
+        atoms = data["bulk_pool"][len(frames) % len(data["bulk_pool"])].copy()
+        atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
+        frames.append(atoms)
+    reference = np.concatenate([p.features for p in potential.predict(frames, batch_size=32, stress=False)])
+    query = potential.predict(_cells(250, 1), stress=False)[0].features
+    rows = []
+    for size in sizes:
+        for method in ("kdtree", "brute"):
+            model = LatentDistance(search=method).fit_reference(reference[:size], np.full(size, 3))
+            model.sigma(query, np.full(len(query), 3))
+            start = time.perf_counter()
+            for _ in range(repeats):
+                model.sigma(query, np.full(len(query), 3))
+            rows.append({"reference_atoms": size, "query_atoms": len(query), "search": method,
+                         "ms": 1000.0 * (time.perf_counter() - start) / repeats})
+    return rows
+
+
+def _markdown(result: dict) -> str:
+    lines = ["| head | NLL uncalibrated | NLL calibrated | vac+surf / bulk | vacancy / bulk | surface / bulk "
+             "| broken-shell atoms / bulk |", "|---|---|---|---|---|---|---|"]
+    ood, cal = result["out_of_distribution"], result["calibration"]
+    for name in ("true_error",) + HEAD_NAMES:
+        o = ood[name]
+        nll = (f"{cal[name]['nll_uncalibrated']:.3f} | {cal[name]['nll_calibrated']:.3f}" if name in cal
+               else "– | –")
+        lines.append(f"| {name} | {nll} | {o['ratio_vacancy_surface_to_bulk']:.2f} | {o['ratio_vacancy_to_bulk']:.2f} "
+                     f"| {o['ratio_surface_to_bulk']:.2f} | {o['ratio_broken_shell_to_bulk']:.2f} |")
+    lines += ["", "| atoms | plain (ms) | " + " | ".join(f"{h} (ms, ×plain)" for h in TIMED_HEADS) + " |",
+              "|---|---|" + "---|" * len(TIMED_HEADS)]
+    for case in result["timings"]:
+        med, ratio = case["ms_per_step_median"], case["ratio_to_plain"]
+        lines.append(f"| {case['n_atoms']} | {med['plain']:.1f} | "
+                     + " | ".join(f"{med[h]:.1f} ({ratio[h]:.2f}×)" for h in TIMED_HEADS) + " |")
+    lines += ["", "| reference atoms | search | distance σ for 250 atoms (ms) |", "|---|---|---|"]
+    lines += [f"| {row['reference_atoms']} | {row['search']} | {row['ms']:.2f} |"
+              for row in result["nearest_neighbour_scaling"]]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=40, help="bulk AIMD training frames")
+    parser.add_argument("--epochs", type=int, default=60, help="epochs for the potential and each member")
+    parser.add_argument("--members", type=int, default=4, help="ensemble size n (member 0 = the potential)")
+    parser.add_argument("--steps", type=int, default=100, help="timed MD steps per cell size")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "bench_heads")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    load_start = list(os.getloadavg())
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    data = _frames()
+    potential, heads, training = _train(args, data, args.workdir)
+    calibration = {name: {"nll_uncalibrated": h.nll_uncalibrated_, "nll_calibrated": h.nll_calibrated_,
+                          "scale": h.scale_} for name, h in heads.items() if name != "oracle"}
+    result = {
+        "benchmark": "uncertainty heads on mlearn Li: MD-step cost, Maxwell-NLL calibration, OOD ratios",
+        "targets": {"distance": "<= 1.15x plain", "gp": "<= 1.15x plain",
+                    "ensemble": f"<= {1.05 * args.members:.2f}x plain (1.05 n, n = {args.members})"},
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine(),
+                    "cpus": os.cpu_count(), "torch_threads": args.threads, "torch": torch.__version__},
+        "settings": {"train_frames": training["train_frames"], "val_frames": training["val_frames"],
+                     "epochs": args.epochs, "members": args.members, "model": repr(potential),
+                     "training": "bulk AIMD-NVT frames of Li_training.extxyz only"},
+        "fit_seconds": training["fit_seconds"],
+        "calibration": calibration,
+        "out_of_distribution": _ood(potential, heads, data),
+        "timings": [_timings(potential, heads, n, args.steps) for n in CELLS],
+        "nearest_neighbour_scaling": _nn_scaling(potential, data),
+    }
+    result["machine"]["load_average_start"] = load_start
+    result["machine"]["load_average_end"] = list(os.getloadavg())
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(_markdown(result))
+    print(f"\nwrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

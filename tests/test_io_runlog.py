@@ -57,7 +57,7 @@ def test_create_append_and_read_with_plain_h5py(tmp_path):
         assert log.append_frame(small, step=-1, reason="initial", split=0, labeler={"name": "emt"}) == 0
         assert log.append_frame(big, step=2, reason="label", split=1, max_sigma=0.3, labeler="{}") == 1
         log.append_model({"model": 0, "step": 0, "reason": "initial", "warm_start": False, "n_train": 1,
-                          "n_val": 1, "epochs": 5, "train_time_s": 1.5, "val_force_mae": 0.1,
+                          "n_val": 1, "epochs": 5, "train_time_s": 1.5, "head_time_s": 0.5, "val_force_mae": 0.1,
                           "val_force_rmse": 0.2, "val_energy_mae": 0.01, "head_nll": -1.0, "path": "models/0000"})
         e = np.random.default_rng(1).rayleigh(0.1, 500)
         cut = statistical_cutoffs(e, e * 1.1, n=1000)

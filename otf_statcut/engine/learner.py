@@ -86,6 +86,7 @@ class ModelRecord:
     n_val: int
     epochs: int
     train_time_s: float
+    head_time_s: float
     val_force_mae: float
     val_force_rmse: float
     val_energy_mae: float
@@ -266,6 +267,7 @@ class Learner:
         start = time.perf_counter()
         self.potential.fit(train, val, train_config=config, warm_start=warm and not first)
         train_time = time.perf_counter() - start
+        start = time.perf_counter()
         head = self.head_factory()
         needs = bool(getattr(head, "needs_features", True))
         train_pred = self.potential.predict(train, stress=False, features=needs)
@@ -278,11 +280,12 @@ class Learner:
         record = ModelRecord(
             model=self.model_id, step=int(step), reason=reason, warm_start=bool(warm and not first),
             n_train=len(train), n_val=len(val), epochs=len(self.potential.history.epochs) if self.potential.history else 0,
-            train_time_s=train_time, val_force_mae=_component_mae(val, val_pred),
+            train_time_s=train_time, head_time_s=math.nan, val_force_mae=_component_mae(val, val_pred),
             val_force_rmse=float(np.sqrt(np.mean(errors ** 2) / 3.0)),
             val_energy_mae=_energy_mae(val, val_pred), head_nll=float(getattr(head, "nll_calibrated_", math.nan)),
         )
         self._refit_cutoffs(errors, sigmas, step)
+        record.head_time_s = time.perf_counter() - start
         if self.model_dir is not None:
             record.path = self.save_model(self.model_dir)
         self.labels_since_retrain = 0

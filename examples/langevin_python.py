@@ -58,7 +58,8 @@ def main() -> None:
     # 3. Attach the on-the-fly calculator to ordinary ASE dynamics.
     atoms.calc = OTFCalculator(learner, labeler)
     thermalize_momenta(atoms, temperature_K=800, rng=rng)
-    dyn = Langevin(atoms, timestep=2 * units.fs, temperature_K=800, friction=0.02 / units.fs, fixcm=False, rng=rng)
+    dyn = Langevin(atoms, timestep=2 * units.fs, temperature_K=800, friction=0.02 / units.fs, fixcm=False,
+                   rng=rng)
 
     counts = {a: 0 for a in Action}
 
@@ -66,7 +67,8 @@ def main() -> None:
         counts[atoms.calc.decision.action] += 1
         if dyn.nsteps % 50 == 0:
             print(f"step {dyn.nsteps:4d}  T {atoms.get_temperature():6.0f} K  max σ "
-                  f"{atoms.calc.results['sigma'].max():.3f} eV/Å  labels {learner.n_labels}  model {learner.model_id}")
+                  f"{atoms.calc.results['sigma'].max():.3f} eV/Å  labels {learner.n_labels}  "
+                  f"model {learner.model_id}")
 
     dyn.attach(watch, interval=1)
     dyn.run(STEPS)

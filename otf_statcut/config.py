@@ -106,7 +106,8 @@ FAMILIES = ("maxwell", "gamma", "gengamma")
 
 
 def _spec(default=dataclasses.MISSING, *, check=None, expected: str = "", factory=None):
-    """A dataclass field with a validity check: ``check(value) -> bool``; ``expected`` says what is allowed."""
+    """A dataclass field with a validity check ``check(value) -> bool``; ``expected`` says what
+    is allowed."""
     meta = {"check": check, "expected": expected}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
@@ -147,8 +148,10 @@ class BuilderConfig:
 
     element: str
     lattice: Literal["bcc", "fcc", "hcp", "sc", "diamond"] = "bcc"
-    a: float | None = _spec(None, check=lambda x: x is None or x > 0, expected="a lattice constant > 0 (Å) or null")
-    c: float | None = _spec(None, check=lambda x: x is None or x > 0, expected="a lattice constant > 0 (Å) or null")
+    a: float | None = _spec(None, check=lambda x: x is None or x > 0,
+                            expected="a lattice constant > 0 (Å) or null")
+    c: float | None = _spec(None, check=lambda x: x is None or x > 0,
+                            expected="a lattice constant > 0 (Å) or null")
     supercell: tuple[int, int, int] = _spec((2, 2, 2), check=lambda t: min(t) >= 1,
                                             expected="three integers >= 1")
     cubic: bool = True
@@ -229,7 +232,8 @@ class InitialDataConfig:
 
 @dataclass(frozen=True)
 class MLIPConfig:
-    """NequIP settings: ``model`` holds ModelConfig fields except ``species``; ``train`` TrainConfig fields."""
+    """NequIP settings: ``model`` holds ModelConfig fields except ``species``, ``train``
+    TrainConfig fields, ``threads`` the torch threads."""
 
     model: Mapping[str, Any] = _spec(factory=dict)
     train: Mapping[str, Any] = _spec(factory=dict)
@@ -420,8 +424,8 @@ def parse_run_config(data: Any, *, source: Path | None = None, text: str = "") -
     ctx = _Context(str(source) if source is not None else "run input",
                    source.parent if source is not None else Path.cwd())
     if not isinstance(data, Mapping):
-        raise ctx.error("", data, "a mapping with at least the key 'system'"
-                        if data is not None else "a mapping with at least the key 'system' (the file is empty)")
+        expected = "a mapping with at least the key 'system'"
+        raise ctx.error("", data, expected if data is not None else expected + " (the file is empty)")
     _check_keys(data, list(_SECTIONS), "", ctx)
     if "system" not in data:
         raise ConfigError(f"{ctx.where}: missing section 'system' (give system.structure or system.builder)")
@@ -650,10 +654,12 @@ def _cross_checks(config: RunConfig, data: Mapping, ctx: _Context) -> None:
         from ase.data import atomic_numbers
 
         if system.builder.element not in atomic_numbers or system.builder.element == "X":
-            raise ctx.error("system.builder.element", system.builder.element, "a chemical symbol such as 'Li'")
+            raise ctx.error("system.builder.element", system.builder.element,
+                            "a chemical symbol such as 'Li'")
     init = data.get("initial_data") or {}
     if isinstance(init, Mapping) and "file" in init and "rattled" in init:
-        raise ConfigError(f"{ctx.where}: initial_data: give initial_data.file or initial_data.rattled, not both")
+        raise ConfigError(f"{ctx.where}: initial_data: give initial_data.file or initial_data.rattled, "
+                          "not both")
     if config.initial_data.file is not None and not config.initial_data.file.is_file():
         raise DataError(f"{ctx.where}: initial_data.file: file {config.initial_data.file} not found")
     if config.labeler.settings is None:  # no 'settings' key: the labeller's defaults
@@ -661,9 +667,9 @@ def _cross_checks(config: RunConfig, data: Mapping, ctx: _Context) -> None:
 
         object.__setattr__(config.labeler, "settings", settings_class(config.labeler.name)())
     if config.head.name == "oracle":
-        raise ConfigError(f"{ctx.where}: head.name = 'oracle' is invalid for a run: the oracle needs the reference "
-                          "forces of every step (use it in `otf-statcut benchmark`); expected one of ensemble, gp, "
-                          "distance, random")
+        raise ConfigError(f"{ctx.where}: head.name = 'oracle' is invalid for a run: the oracle needs the "
+                          "reference forces of every step (use it in `otf-statcut benchmark`); expected one "
+                          "of ensemble, gp, distance, random")
     if not config.output.folder.is_absolute():  # the default folder, like given ones, sits beside the input
         object.__setattr__(config.output, "folder", (ctx.base / config.output.folder).resolve())
 

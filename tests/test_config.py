@@ -56,8 +56,8 @@ def test_quickstart_input_is_valid():
 
 
 def test_paths_resolve_against_the_input_folder(tmp_path):
-    (tmp_path / "start.extxyz").write_text("1\nLattice=\"3 0 0 0 3 0 0 0 3\" Properties=species:S:1:pos:R:3 pbc=\"T T T\"\n"
-                                           "Li 0 0 0\n")
+    (tmp_path / "start.extxyz").write_text(
+        '1\nLattice="3 0 0 0 3 0 0 0 3" Properties=species:S:1:pos:R:3 pbc="T T T"\nLi 0 0 0\n')
     path = write(tmp_path, "system: {structure: start.extxyz}\noutput: {folder: out}\n")
     config = load_run_config(path)
     assert config.system.structure == (tmp_path / "start.extxyz").resolve()
@@ -91,7 +91,8 @@ def test_settings_convert_and_round_trip_to_json():
     [
         ({**LI, "md": {"temprature_K": 3}}, "unknown key md.temprature_K; did you mean 'temperature_K'?"),
         ({"sytem": {}}, "unknown key sytem; did you mean 'system'?"),
-        ({**LI, "md": {"temperature_K": -3}}, "md.temperature_K = -3 is invalid; expected a temperature > 0 (K)"),
+        ({**LI, "md": {"temperature_K": -3}},
+         "md.temperature_K = -3 is invalid; expected a temperature > 0 (K)"),
         ({**LI, "md": {"steps": 1.5}}, "md.steps = 1.5 is invalid; expected an integer"),
         ({**LI, "md": {"ensemble": "langevine"}}, "did you mean 'langevin'?"),
         ({"system": {"builder": {"element": "Li", "supercell": [2, 2]}}},
@@ -101,7 +102,8 @@ def test_settings_convert_and_round_trip_to_json():
         ({"system": {}}, "give exactly one of system.structure"),
         ({"md": {}}, "missing section 'system'"),
         ({**LI, "labeler": {"name": "vasp"}}, "labeler.name = 'vasp' is invalid; expected one of gpaw, emt"),
-        ({**LI, "labeler": {"settings": {"ecutt": 200}}}, "unknown key labeler.settings.ecutt; did you mean 'ecut'?"),
+        ({**LI, "labeler": {"settings": {"ecutt": 200}}},
+         "unknown key labeler.settings.ecutt; did you mean 'ecut'?"),
         ({**LI, "labeler": {"settings": {"mode": "lcao"}}}, "labeler.settings.mode = 'lcao'"),
         ({**LI, "labeler": {"settings": {"ecut": -1}}}, "labeler.settings: ecut must be > 0"),
         ({**LI, "labeler": {"name": "lj", "settings": {"ecut": 200}}}, "unknown key labeler.settings.ecut"),
@@ -137,8 +139,8 @@ def test_yaml_problems_name_the_file_and_line(tmp_path):
         load_run_config(path)
     with pytest.raises(ConfigError, match="file is empty"):
         load_run_config(write(tmp_path, ""))
-    message = str(pytest.raises(ConfigError, load_run_config, write(tmp_path, "system: {builder: {element: Li}}\n"
-                                                                     "md: {steps: 0}\n")).value)
+    bad = write(tmp_path, "system: {builder: {element: Li}}\nmd: {steps: 0}\n")
+    message = str(pytest.raises(ConfigError, load_run_config, bad).value)
     assert message.startswith(str(tmp_path / "input.yaml") + ": md.steps = 0")
 
 

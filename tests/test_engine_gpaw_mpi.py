@@ -19,11 +19,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.mpi]
 
 CONFIG = {
     "system": {"builder": {"element": "Li", "lattice": "bcc", "a": 3.44, "supercell": [2, 2, 2]}},
-    "md": {"ensemble": "langevin", "temperature_K": 600, "timestep_fs": 2.0, "steps": 6, "friction": 0.02, "seed": 0},
+    "md": {"ensemble": "langevin", "temperature_K": 600, "timestep_fs": 2.0, "steps": 6, "friction": 0.02,
+           "seed": 0},
     "initial_data": {"rattled": 3, "rattle_stdev": 0.1, "val_fraction": 0.34},
     "mlip": {"model": {"num_features": 8, "num_layers": 1, "l_max": 1, "radial_mlp_width": 8},
              "train": {"max_epochs": 6, "batch_size": 2}},
-    "head": {"name": "ensemble", "settings": {"n_members": 2, "train_config": {"max_epochs": 6, "batch_size": 2}}},
+    "head": {"name": "ensemble",
+             "settings": {"n_members": 2, "train_config": {"max_epochs": 6, "batch_size": 2}}},
     "labeler": {"name": "gpaw", "settings": {"mode": "pw", "ecut": 200, "kpts": [2, 2, 2]}},
     "cutoffs": {"n": 6},
     "retrain": {"every": 2, "train": {"max_epochs": 3}},
@@ -42,8 +44,8 @@ def run_cli(tmp_path, *args, timeout=400):
     env = dict(os.environ)
     env.pop("GPAW_MPI_BACKEND", None)  # the program sets it itself
     env.pop("OMP_NUM_THREADS", None)
-    return subprocess.run([mpiexec(), "-n", "2", sys.executable, "-m", "otf_statcut.cli", *args], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([mpiexec(), "-n", "2", sys.executable, "-m", "otf_statcut.cli", *args],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_gpaw_run_under_mpiexec(tmp_path):

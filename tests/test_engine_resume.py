@@ -26,7 +26,8 @@ CONFIG = {
     "initial_data": {"rattled": 4, "rattle_stdev": 0.08, "val_fraction": 0.5},
     "mlip": {"model": {"num_features": 8, "num_layers": 1, "l_max": 1, "radial_mlp_width": 8, "r_max": 4.0},
              "train": {"max_epochs": 8, "batch_size": 2, "patience": 5}, "threads": 1},
-    "head": {"name": "ensemble", "settings": {"n_members": 2, "train_config": {"max_epochs": 8, "batch_size": 2}}},
+    "head": {"name": "ensemble",
+             "settings": {"n_members": 2, "train_config": {"max_epochs": 8, "batch_size": 2}}},
     "labeler": {"name": "emt"},
     "cutoffs": {"n": 40},
     "retrain": {"every": 3, "train": {"max_epochs": 4}},
@@ -60,7 +61,7 @@ def test_resume_after_kill_9_keeps_every_label_once(tmp_path):
             if state is not None and state[0] >= 30 and state[1] >= 2:
                 break
             time.sleep(0.1)
-        assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
+        assert proc.poll() is None, "the run ended before the kill: " + proc.stderr.read().decode()[-2000:]
         time.sleep(0.37)  # land somewhere inside a step
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -43,7 +42,8 @@ def traj_row(step, atoms, rng):
     return {"step": step, "time_fs": step * 2.0, "positions": atoms.positions, "cell": atoms.cell[:],
             "numbers": atoms.numbers, "energy": -1.0 * step, "forces": rng.normal(size=(n, 3)),
             "stress": None if step % 2 else rng.normal(size=6), "sigma": rng.random(n),
-            "max_sigma": 0.5, "decision": step % 3, "source": int(step % 3 > 0), "temperature_K": 300.0 + step,
+            "max_sigma": 0.5, "decision": step % 3, "source": int(step % 3 > 0),
+            "temperature_K": 300.0 + step,
             "model": 0, "wall_time_s": 0.1 * step}
 
 
@@ -57,8 +57,9 @@ def test_create_append_and_read_with_plain_h5py(tmp_path):
         assert log.append_frame(small, step=-1, reason="initial", split=0, labeler={"name": "emt"}) == 0
         assert log.append_frame(big, step=2, reason="label", split=1, max_sigma=0.3, labeler="{}") == 1
         log.append_model({"model": 0, "step": 0, "reason": "initial", "warm_start": False, "n_train": 1,
-                          "n_val": 1, "epochs": 5, "train_time_s": 1.5, "head_time_s": 0.5, "val_force_mae": 0.1,
-                          "val_force_rmse": 0.2, "val_energy_mae": 0.01, "head_nll": -1.0, "path": "models/0000"})
+                          "n_val": 1, "epochs": 5, "train_time_s": 1.5, "head_time_s": 0.5,
+                          "val_force_mae": 0.1, "val_force_rmse": 0.2, "val_energy_mae": 0.01,
+                          "head_nll": -1.0, "path": "models/0000"})
         e = np.random.default_rng(1).rayleigh(0.1, 500)
         cut = statistical_cutoffs(e, e * 1.1, n=1000)
         log.append_cutoffs(model=0, step=0, cutoffs=cut)
@@ -154,7 +155,8 @@ WRITER = textwrap.dedent(
     for step in range(int(sys.argv[2])):
         atoms.rattle(0.01, seed=step)
         frame = labeler.label(atoms)
-        log.append_trajectory(dict(step=step, time_fs=float(step), positions=atoms.positions, cell=atoms.cell[:],
+        log.append_trajectory(dict(step=step, time_fs=float(step), positions=atoms.positions,
+                                   cell=atoms.cell[:],
                                    numbers=atoms.numbers, energy=frame.get_potential_energy(),
                                    forces=frame.get_forces(), stress=None, sigma=np.zeros(4), max_sigma=0.0,
                                    decision=1, source=1, temperature_K=0.0, model=0, wall_time_s=0.0))
@@ -171,7 +173,8 @@ def test_flushed_rows_survive_kill_9(tmp_path):
     path = tmp_path / "run.h5"
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
-    proc = subprocess.run([sys.executable, str(script), str(path), "25"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, str(script), str(path), "25"], capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     with h5py.File(path, "r") as f:
         steps = f["dataset/step"][:]

@@ -15,7 +15,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "stress and info: step, reason, split) as extended XYZ.")
     p.add_argument("run_file", help="run.h5 written by `otf-statcut run` (or its folder)")
     p.add_argument("out", help="output .extxyz file for the data set")
-    p.add_argument("--trajectory", metavar="FILE", help="also write the MD trajectory (forces used, sigma) here")
+    p.add_argument("--trajectory", metavar="FILE",
+                   help="also write the MD trajectory (forces used, sigma) here")
     p.set_defaults(func=run)
     return p
 

@@ -23,9 +23,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("input", help="run input YAML file")
     p.add_argument("--output", metavar="FOLDER", help="override output.folder")
     p.add_argument("--steps", type=int, metavar="N", help="override md.steps (e.g. to extend a finished run)")
-    p.add_argument("--overwrite", action="store_true", help="start over even if the output folder holds a run")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over even if the output folder holds a run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--threads", type=int, metavar="N", help="torch threads (default: mlip.threads, else torch's)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch threads (default: mlip.threads, else torch's)")
     p.set_defaults(func=run)
     return p
 

@@ -80,7 +80,8 @@ class OTFCalculator(PotentialCalculator):
 
     implemented_properties = [*PotentialCalculator.implemented_properties, "sigma"]
 
-    def __init__(self, learner, labeler, *, lookup: Callable[[str], object] | None = None, device: str = "cpu"):
+    def __init__(self, learner, labeler, *, lookup: Callable[[str], object] | None = None,
+                 device: str = "cpu"):
         super().__init__(learner.potential, device=device)
         self.learner = learner
         self.labeler = labeler
@@ -110,9 +111,10 @@ class OTFCalculator(PotentialCalculator):
         frame = self._reference(reason, decision)
         if frame is None:
             if halt:
-                raise HaltError(f"step {self.step}: max σ {decision.max_sigma:.3g} eV/Å is above the maximum "
-                                f"cutoff {self.learner.cutoffs.maximum:.3g} and the configuration could not be "
-                                "labelled; stopping at the last checkpoint")
+                raise HaltError(
+                    f"step {self.step}: max σ {decision.max_sigma:.3g} eV/Å is above the maximum cutoff "
+                    f"{self.learner.cutoffs.maximum:.3g} and the configuration could not be labelled; "
+                    "stopping at the last checkpoint")
             return  # a failed label between the cutoffs: the MLIP result stands for this step
         self._use(frame)
         if halt or self.learner.retrain_due:
@@ -131,7 +133,8 @@ class OTFCalculator(PotentialCalculator):
         except LabelingError as exc:
             self.n_failures += 1
             log.warning("step %s: %s label failed: %s", self.step, reason, exc)
-            self.learner.events.append(("failure", {"step": int(self.step), "reason": reason, "message": str(exc)}))
+            self.learner.events.append(
+                ("failure", {"step": int(self.step), "reason": reason, "message": str(exc)}))
             return None
         self.n_labels += 1
         self.learner.add(frame, step=self.step, reason=reason, max_sigma=decision.max_sigma,

@@ -188,8 +188,9 @@ class Learner:
         _, val = train_val_split(list(range(len(frames))), val_fraction, seed=seed)
         splits[val] = 1
         potential = NequIPPotential.build(model, [f for f, s in zip(frames, splits) if s == 0])
-        learner = cls(potential=potential, head_factory=lambda: make_head(head, **settings), train_config=train,
-                      retrain_config=retrain or train, n_sampling=sampling_size(int(n), 1, 1),
+        learner = cls(potential=potential, head_factory=lambda: make_head(head, **settings),
+                      train_config=train, retrain_config=retrain or train,
+                      n_sampling=sampling_size(int(n), 1, 1),
                       val_fraction=val_fraction, **kwargs)
         learner.extend_initial(frames, splits)
         learner.fit(step=-1, reason="initial", first=True)
@@ -237,7 +238,8 @@ class Learner:
         return self.labels_since_retrain >= self.retrain_every
 
     # --- fitting -----------------------------------------------------------------------------
-    def fit(self, *, step: int, reason: str, warm_start: bool | None = None, first: bool = False) -> ModelRecord:
+    def fit(self, *, step: int, reason: str, warm_start: bool | None = None,
+            first: bool = False) -> ModelRecord:
         """Train the potential, refit the head and both cutoffs; returns the model's record.
 
         Parameters
@@ -279,10 +281,12 @@ class Learner:
         self.model_id += 1
         record = ModelRecord(
             model=self.model_id, step=int(step), reason=reason, warm_start=bool(warm and not first),
-            n_train=len(train), n_val=len(val), epochs=len(self.potential.history.epochs) if self.potential.history else 0,
+            n_train=len(train), n_val=len(val),
+            epochs=len(self.potential.history.epochs) if self.potential.history else 0,
             train_time_s=train_time, head_time_s=math.nan, val_force_mae=_component_mae(val, val_pred),
             val_force_rmse=float(np.sqrt(np.mean(errors ** 2) / 3.0)),
-            val_energy_mae=_energy_mae(val, val_pred), head_nll=float(getattr(head, "nll_calibrated_", math.nan)),
+            val_energy_mae=_energy_mae(val, val_pred),
+            head_nll=float(getattr(head, "nll_calibrated_", math.nan)),
         )
         self._refit_cutoffs(errors, sigmas, step)
         record.head_time_s = time.perf_counter() - start
@@ -339,5 +343,6 @@ def _component_mae(frames: Sequence[Atoms], predictions) -> float:
 
 
 def _energy_mae(frames: Sequence[Atoms], predictions) -> float:
-    diffs = [abs(p.energy - f.calc.results["energy"]) / len(f) for f, p in zip(frames, predictions, strict=True)]
+    diffs = [abs(p.energy - f.calc.results["energy"]) / len(f)
+             for f, p in zip(frames, predictions, strict=True)]
     return float(np.mean(diffs)) if diffs else math.nan

@@ -79,7 +79,8 @@ class RunRecorder:
         Wall time of earlier sessions, s.
     """
 
-    def __init__(self, log: RunLog, dyn, calc: OTFCalculator, *, step_offset: int = 0, timestep_fs: float = 1.0,
+    def __init__(self, log: RunLog, dyn, calc: OTFCalculator, *, step_offset: int = 0,
+                 timestep_fs: float = 1.0,
                  trajectory_every: int = 1, checkpoint_every: int = 10, flush_every: int = 1,
                  rng: np.random.Generator | None = None,
                  dynamics_state: Callable[[], dict] | None = None, wall_offset: float = 0.0):
@@ -130,9 +131,11 @@ class RunRecorder:
         decision = calc.decision
         sigma = results.get("sigma")
         self.log.append_trajectory({
-            "step": step, "time_fs": step * self.timestep_fs, "positions": atoms.positions, "cell": atoms.cell[:],
+            "step": step, "time_fs": step * self.timestep_fs, "positions": atoms.positions,
+            "cell": atoms.cell[:],
             "numbers": atoms.numbers, "energy": results["energy"], "forces": results["forces"],
-            "stress": results.get("stress"), "sigma": sigma if sigma is not None else np.full(len(atoms), np.nan),
+            "stress": results.get("stress"),
+            "sigma": sigma if sigma is not None else np.full(len(atoms), np.nan),
             "max_sigma": decision.max_sigma if decision is not None else np.nan,
             "decision": int(decision.action) if decision is not None else -1, "source": calc.source,
             "temperature_K": atoms.get_temperature(), "model": self.learner.model_id,
@@ -180,8 +183,8 @@ class ProgressBar:
 
         self.calc = calc
         self.recorder = recorder
-        self.bar = tqdm(total=total, initial=initial, unit="step", file=file or sys.stderr, dynamic_ncols=True,
-                        mininterval=0.5, desc="otf-statcut run")
+        self.bar = tqdm(total=total, initial=initial, unit="step", file=file or sys.stderr,
+                        dynamic_ncols=True, mininterval=0.5, desc="otf-statcut run")
         self.done = initial
 
     def __call__(self) -> None:

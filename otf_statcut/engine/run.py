@@ -149,7 +149,8 @@ class OTFRun:
                                    trajectory_every=cfg.output.trajectory_every,
                                    checkpoint_every=cfg.output.checkpoint_every,
                                    flush_every=cfg.output.flush_every, rng=rng,
-                                   dynamics_state=lambda: dynamics_state(cfg.md.ensemble, dyn), wall_offset=wall0)
+                                   dynamics_state=lambda: dynamics_state(cfg.md.ensemble, dyn),
+                                   wall_offset=wall0)
             dyn.attach(recorder, interval=1)
             bar = None
             if self.progress:
@@ -235,13 +236,15 @@ class OTFRun:
                     try:
                         frame = self.labeler.label(copy)
                     except LabelingError as exc:
-                        raise DataError(f"{self.where}: initial_data: the {self.labeler.name} labeller failed on "
-                                        f"rattled structure {len(frames) + 1} of {len(copies)} ({exc}); check "
-                                        "labeler.settings and initial_data.rattle_stdev") from exc
+                        raise DataError(
+                            f"{self.where}: initial_data: the {self.labeler.name} labeller failed on rattled "
+                            f"structure {len(frames) + 1} of {len(copies)} ({exc}); check labeler.settings "
+                            "and initial_data.rattle_stdev") from exc
                     self._store_initial(runlog, frame, split, self.labeler.settings())  # safe at once
                 frames.append(frame)
         species = sorted(set(species_of(frames)) | set(start.get_chemical_symbols()))
-        potential = NequIPPotential.build(cfg.model_config(species), [f for f, s in zip(frames, splits) if s == 0])
+        train = [f for f, s in zip(frames, splits) if s == 0]
+        potential = NequIPPotential.build(cfg.model_config(species), train)
         learner = self._learner(potential, len(start))
         learner.extend_initial(frames, splits, record=False)
         learner.model_id = runlog.rows("models") - 1  # a session killed before its first checkpoint
@@ -267,7 +270,8 @@ class OTFRun:
         models = read_table(self.path, "models")
         rows = np.flatnonzero(models["model"] == checkpoint.model)
         if not rows.size:
-            raise DataError(f"{self.path}: checkpoint refers to model {checkpoint.model}, which /models lacks")
+            raise DataError(f"{self.path}: the checkpoint refers to model {checkpoint.model}, "
+                            "which /models lacks")
         folder = self.folder / str(models["path"][rows[-1]])
         potential = NequIPPotential.load(folder / "potential")
         learner = self._learner(potential, len(checkpoint.numbers))
@@ -318,7 +322,8 @@ class OTFRun:
             n_labels=int(np.sum(steps >= 0)), n_models=len(models.get("model", [])),
             n_failures=len(failures.get("step", [])), minimum=float(learner.cutoffs.minimum),
             maximum=float(learner.cutoffs.maximum), val_force_mae=float(models["val_force_mae"][last]),
-            val_force_rmse=float(models["val_force_rmse"][last]), val_energy_mae=float(models["val_energy_mae"][last]),
+            val_force_rmse=float(models["val_force_rmse"][last]),
+            val_energy_mae=float(models["val_energy_mae"][last]),
             labels_per_100=labels_per_window(steps, self.config.md.steps),
         )
 
@@ -389,7 +394,8 @@ def _cutoffs_of(path: Path, model: int):
     return CutoffSet(
         error_fit=DistributionFit.from_dict(json.loads(table["error_fit"][i])),
         uncertainty_fit=DistributionFit.from_dict(json.loads(table["uncertainty_fit"][i])),
-        n=int(table["n"][i]), error_cutoff=float(table["error_cutoff"][i]), minimum=float(table["minimum"][i]),
+        n=int(table["n"][i]), error_cutoff=float(table["error_cutoff"][i]),
+        minimum=float(table["minimum"][i]),
         maximum=float(table["maximum"][i]), max_error=float(table["max_error"][i]),
     )
 

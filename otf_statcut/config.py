@@ -411,8 +411,22 @@ def load_run_config(path) -> RunConfig:
         For invalid YAML or any invalid key or value (one line naming file, key, value, allowed).
     """
     path = Path(path)
+    data, text = read_yaml(path, "run input")
+    return parse_run_config(data, source=path, text=text)
+
+
+def read_yaml(path: Path, what: str) -> tuple[Any, str]:
+    """Read an input file with ``yaml.safe_load``: ``(data, text)``.
+
+    Raises
+    ------
+    DataError
+        If the file does not exist (the message calls it ``what``, e.g. "run input").
+    ConfigError
+        If it is not valid YAML (the message gives the line and column).
+    """
     if not path.is_file():
-        raise DataError(f"{path}: run input file not found")
+        raise DataError(f"{path}: {what} file not found")
     text = path.read_text()
     try:
         data = yaml.safe_load(text)
@@ -421,7 +435,7 @@ def load_run_config(path) -> RunConfig:
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}: not valid YAML{at}: {problem}") from None
-    return parse_run_config(data, source=path, text=text)
+    return data, text
 
 
 def parse_run_config(data: Any, *, source: Path | None = None, text: str = "") -> RunConfig:

@@ -50,10 +50,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 
 # the run schema's validation helpers, so both inputs report mistakes the same way
-from otf_statcut.config import _build, _check_keys, _Context, _convert, _spec
+from otf_statcut.config import _build, _check_keys, _Context, _convert, _spec, read_yaml
 from otf_statcut.errors import ConfigError, DataError, UserError
 from otf_statcut.mlip import ModelConfig, TrainConfig
 
@@ -241,16 +240,7 @@ def load_benchmark_config(path) -> BenchmarkConfig:
         is allowed).
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: benchmark input file not found")
-    text = path.read_text()
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: not valid YAML{at}: {problem}") from None
+    data, text = read_yaml(path, "benchmark input")
     return parse_benchmark_config(data, source=path, text=text)
 
 

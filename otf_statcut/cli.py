@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import os
 import sys
 
 from .errors import FitError, UserError
@@ -60,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         # A user mistake or data the method cannot fit: one line, no traceback.
         print(f"otf-statcut {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # output piped into `head` and the like: stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         print(f"otf-statcut {args.command}: interrupted", file=sys.stderr)
         return 130

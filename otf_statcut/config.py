@@ -37,6 +37,7 @@ Example (every section optional except ``system``)::
       model: {num_features: 16}          # ModelConfig fields (species come from the system)
       train: {max_epochs: 100}           # TrainConfig fields
       threads: null                      # torch threads (null: torch's default)
+      device: cpu                        # cpu | auto | cuda | cuda:N (where the NequIP models run)
     head: {name: ensemble, settings: {n_members: 3}}   # ensemble | gp | distance | random
     labeler:
       name: gpaw                         # gpaw | emt | lj | morse | lammps-snap
@@ -238,6 +239,18 @@ class MLIPConfig:
     model: Mapping[str, Any] = _spec(factory=dict)
     train: Mapping[str, Any] = _spec(factory=dict)
     threads: int | None = _spec(None, check=lambda x: x is None or x >= 1, expected="an integer >= 1 or null")
+    device: str = _spec("cpu", check=lambda x: _device_available(x),
+                        expected="cpu, auto (cuda if available), or cuda / cuda:N on a machine with a CUDA GPU")
+
+
+def _device_available(name: str) -> bool:
+    from .mlip.device import resolve_device
+
+    try:
+        resolve_device(name)
+    except ConfigError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)

@@ -148,3 +148,16 @@ def test_yaml_tags_are_not_executed(tmp_path):
     path = write(tmp_path, "system: !!python/object/apply:os.system ['echo hacked']\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_run_config(path)
+
+
+def test_mlip_device_defaults_to_cpu_and_unavailable_cuda_is_a_one_line_error():
+    import torch
+
+    assert parse_run_config(LI).mlip.device == "cpu"
+    assert parse_run_config({**LI, "mlip": {"device": "auto"}}).mlip.device == "auto"
+    message = error_of({**LI, "mlip": {"device": "gpu"}})
+    assert "mlip.device" in message and "'gpu'" in message and "cuda" in message
+    if not torch.cuda.is_available():
+        assert "mlip.device" in error_of({**LI, "mlip": {"device": "cuda"}})
+    else:
+        assert parse_run_config({**LI, "mlip": {"device": "cuda"}}).mlip.device == "cuda"

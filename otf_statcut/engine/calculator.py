@@ -63,8 +63,8 @@ class OTFCalculator(PotentialCalculator):
         ``key -> labelled Atoms or None``: labels already in the run's data set by
         :func:`~otf_statcut.io.runlog.configuration_key`, so a configuration is never labelled
         (nor stored) twice, e.g. when a resumed run revisits a labelled step.
-    device : str
-        Torch device.
+    device : str, optional
+        Torch device; by default the potential's own (where ``mlip.device`` put it).
 
     Attributes
     ----------
@@ -81,7 +81,7 @@ class OTFCalculator(PotentialCalculator):
     implemented_properties = [*PotentialCalculator.implemented_properties, "sigma"]
 
     def __init__(self, learner, labeler, *, lookup: Callable[[str], object] | None = None,
-                 device: str = "cpu"):
+                 device: str | None = None):
         super().__init__(learner.potential, device=device)
         self.learner = learner
         self.labeler = labeler

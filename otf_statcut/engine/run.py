@@ -244,7 +244,7 @@ class OTFRun:
                 frames.append(frame)
         species = sorted(set(species_of(frames)) | set(start.get_chemical_symbols()))
         train = [f for f, s in zip(frames, splits) if s == 0]
-        potential = NequIPPotential.build(cfg.model_config(species), train)
+        potential = NequIPPotential.build(cfg.model_config(species), train, device=cfg.mlip.device)
         learner = self._learner(potential, len(start))
         learner.extend_initial(frames, splits, record=False)
         learner.model_id = runlog.rows("models") - 1  # a session killed before its first checkpoint
@@ -273,7 +273,7 @@ class OTFRun:
             raise DataError(f"{self.path}: the checkpoint refers to model {checkpoint.model}, "
                             "which /models lacks")
         folder = self.folder / str(models["path"][rows[-1]])
-        potential = NequIPPotential.load(folder / "potential")
+        potential = NequIPPotential.load(folder / "potential", device=self.config.mlip.device)
         learner = self._learner(potential, len(checkpoint.numbers))
         learner.head = load_head(folder / "head", potential)
         learner.model_id = checkpoint.model

@@ -9,8 +9,6 @@ eagerly; the calculator, learner and run driver (torch, NequIP, a labeller) load
 
 from __future__ import annotations
 
-import importlib
-
 from .decision import Action, Decision, decide
 
 _LAZY = {
@@ -31,6 +29,18 @@ __all__ = ["Action", "Decision", "decide", *sorted(_LAZY)]
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    # Explicit imports (no import by computed name): the modules are fixed, only loaded late.
+    module = _LAZY.get(name)
+    if module == "calculator":
+        from . import calculator as loaded
+    elif module == "learner":
+        from . import learner as loaded
+    elif module == "observers":
+        from . import observers as loaded
+    elif module == "run":
+        from . import run as loaded
+    elif module == "dynamics":
+        from . import dynamics as loaded
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(loaded, name)

@@ -7,8 +7,6 @@ first use (``from otf_statcut.io import RunLog`` works as usual).
 
 from __future__ import annotations
 
-import importlib
-
 _LAZY = {
     "RunLog": "runlog",
     "Checkpoint": "runlog",
@@ -23,7 +21,9 @@ __all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        module = importlib.import_module(f".{_LAZY[name]}", __name__)
-        return getattr(module, name)
+    # An explicit import of the one fixed module (no import by computed name), loaded late.
+    if _LAZY.get(name) == "runlog":
+        from . import runlog
+
+        return getattr(runlog, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

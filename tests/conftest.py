@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -33,3 +34,34 @@ def mlearn_li(shared_data: Path) -> dict:
         "train": ase.io.read(folder / "Li_training.extxyz", ":"),
         "test": ase.io.read(folder / "Li_test.extxyz", ":"),
     }
+
+
+#: A small, fast on-the-fly run (32-atom Cu, ASE's EMT labels, 2-member ensemble of tiny NequIP
+#: models): the base input of the engine's end-to-end tests.
+SMALL_CU_RUN = {
+    "system": {"builder": {"element": "Cu", "lattice": "fcc", "supercell": [2, 2, 1]}},
+    "md": {"ensemble": "langevin", "temperature_K": 800, "timestep_fs": 2.0, "steps": 30, "friction": 0.02,
+           "seed": 3},
+    "initial_data": {"rattled": 4, "rattle_stdev": 0.08, "val_fraction": 0.5},
+    "mlip": {"model": {"num_features": 8, "num_layers": 1, "l_max": 1, "radial_mlp_width": 8, "r_max": 4.0},
+             "train": {"max_epochs": 8, "batch_size": 2, "patience": 5}, "threads": 1},
+    "head": {"name": "ensemble",
+             "settings": {"n_members": 2, "train_config": {"max_epochs": 8, "batch_size": 2}}},
+    "labeler": {"name": "emt"},
+    "cutoffs": {"n": 20},
+    "retrain": {"every": 3, "train": {"max_epochs": 4}},
+    "output": {"folder": "out", "checkpoint_every": 5, "progress": False},
+}
+
+
+def small_cu_run(**changes) -> dict:
+    """A deep copy of :data:`SMALL_CU_RUN` with dotted-key changes, e.g. ``**{"md.steps": 120}``."""
+    data = copy.deepcopy(SMALL_CU_RUN)
+    for dotted, value in changes.items():
+        node = data
+        *parents, last = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return data
+

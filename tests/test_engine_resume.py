@@ -16,23 +16,11 @@ import pytest
 import yaml
 
 from otf_statcut.io.runlog import read_dataset, read_table
+from conftest import small_cu_run
 
 pytestmark = pytest.mark.slow
 
-CONFIG = {
-    "system": {"builder": {"element": "Cu", "lattice": "fcc", "supercell": [2, 2, 1]}},
-    "md": {"ensemble": "langevin", "temperature_K": 800, "timestep_fs": 2.0, "steps": 120, "friction": 0.02,
-           "seed": 3},
-    "initial_data": {"rattled": 4, "rattle_stdev": 0.08, "val_fraction": 0.5},
-    "mlip": {"model": {"num_features": 8, "num_layers": 1, "l_max": 1, "radial_mlp_width": 8, "r_max": 4.0},
-             "train": {"max_epochs": 8, "batch_size": 2, "patience": 5}, "threads": 1},
-    "head": {"name": "ensemble",
-             "settings": {"n_members": 2, "train_config": {"max_epochs": 8, "batch_size": 2}}},
-    "labeler": {"name": "emt"},
-    "cutoffs": {"n": 40},
-    "retrain": {"every": 3, "train": {"max_epochs": 4}},
-    "output": {"folder": "out", "checkpoint_every": 7, "progress": False},
-}
+CONFIG = small_cu_run(**{"md.steps": 120, "cutoffs.n": 40, "output.checkpoint_every": 7})
 
 
 def snapshot(path):

@@ -3,8 +3,6 @@ every step, labels and retraining, HALT, NPT with stress, labeller failures, the
 
 from __future__ import annotations
 
-import copy
-
 import h5py
 import numpy as np
 import pytest
@@ -19,35 +17,15 @@ from otf_statcut.engine.decision import Action
 from otf_statcut.engine.run import run_otf
 from otf_statcut.io.runlog import read_dataset, read_table
 from otf_statcut.labelers import ASECalculatorLabeler
+from conftest import small_cu_run
 
 pytestmark = pytest.mark.slow
 
-BASE = {
-    "system": {"builder": {"element": "Cu", "lattice": "fcc", "supercell": [2, 2, 1]}},
-    "md": {"ensemble": "langevin", "temperature_K": 800, "timestep_fs": 2.0, "steps": 30, "friction": 0.02,
-           "seed": 3},
-    "initial_data": {"rattled": 4, "rattle_stdev": 0.08, "val_fraction": 0.5},
-    "mlip": {"model": {"num_features": 8, "num_layers": 1, "l_max": 1, "radial_mlp_width": 8, "r_max": 4.0},
-             "train": {"max_epochs": 8, "batch_size": 2, "patience": 5}, "threads": 1},
-    "head": {"name": "ensemble",
-             "settings": {"n_members": 2, "train_config": {"max_epochs": 8, "batch_size": 2}}},
-    "labeler": {"name": "emt"},
-    "cutoffs": {"n": 20},
-    "retrain": {"every": 3, "train": {"max_epochs": 4}},
-    "output": {"folder": "out", "checkpoint_every": 5, "progress": False},
-}
 
 
 def write_config(tmp_path, **changes):
-    data = copy.deepcopy(BASE)
-    for dotted, value in changes.items():
-        node = data
-        *parents, last = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[last] = value
     path = tmp_path / "input.yaml"
-    path.write_text(yaml.safe_dump(data))
+    path.write_text(yaml.safe_dump(small_cu_run(**changes)))
     return path
 
 

@@ -157,6 +157,33 @@ def test_gp_posterior_variance_grows_away_from_data(trained_gp):
     assert var_far.mean() > 3 * var_near.mean()
 
 
+@pytest.mark.parametrize("prior_mean", ["max", "mean"])
+def test_gp_prior_mean_is_what_sigma_returns_to_away_from_data(prior_mean):
+    """Far from the data the GP's scale is the largest ("max") or the typical ("mean") training
+    error scale; near the data both follow the data."""
+    x, errors, scale = synthetic_gp_problem(n=600)
+    gp = ElementGP(num_inducing=32, iterations=250, learning_rate=0.03, seed=1, prior_mean=prior_mean).fit(x, errors)
+    log_errors = np.log(errors)
+    constant = float(gp.model_.mean_module.constant)
+    expected = log_errors.max() if prior_mean == "max" else log_errors.mean()
+    if prior_mean == "max":
+        assert constant == pytest.approx(expected, abs=1e-12)  # fixed, not trained
+    else:
+        assert constant == pytest.approx(expected, abs=0.5)  # trained from the data mean
+    far = np.full((5, x.shape[1]), 40.0)  # many length scales from every training point
+    mu_far, _ = gp.latent(far)
+    np.testing.assert_allclose(mu_far, constant, atol=1e-6)
+    near_x, _, near_scale = synthetic_gp_problem(seed=9, n=300)
+    assert np.corrcoef(np.log(gp.scale(near_x)), np.log(near_scale))[0, 1] > 0.9
+    if prior_mean == "max":
+        assert gp.scale(far).min() > 2 * gp.scale(near_x).max()
+
+
+def test_gp_head_rejects_an_unknown_prior_mean():
+    with pytest.raises(ConfigError, match="'prior_mean' is 'median'"):
+        make_head("gp", prior_mean="median")
+
+
 def test_gp_does_not_depend_on_torch_default_dtype():
     x, errors, _ = synthetic_gp_problem(n=300)
     previous = torch.get_default_dtype()

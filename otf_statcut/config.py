@@ -64,7 +64,6 @@ Example (every section optional except ``system``)::
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import types
 import typing
@@ -73,9 +72,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
-import yaml
-
 from .errors import ConfigError, DataError
+from .schema import Context, build, check_keys, convert, plain, read_yaml, spec
 
 __all__ = [
     "ENSEMBLES",
@@ -104,15 +102,6 @@ LATTICES = ("bcc", "fcc", "hcp", "sc", "diamond")
 N_POLICIES = ("run", "remaining")
 HEADS = ("ensemble", "gp", "distance", "oracle", "random")
 FAMILIES = ("maxwell", "gamma", "gengamma")
-
-
-def _spec(default=dataclasses.MISSING, *, check=None, expected: str = "", factory=None):
-    """A dataclass field with a validity check ``check(value) -> bool``; ``expected`` says what
-    is allowed."""
-    meta = {"check": check, "expected": expected}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 def _positive(x):
@@ -149,14 +138,14 @@ class BuilderConfig:
 
     element: str
     lattice: Literal["bcc", "fcc", "hcp", "sc", "diamond"] = "bcc"
-    a: float | None = _spec(None, check=lambda x: x is None or x > 0,
-                            expected="a lattice constant > 0 (Å) or null")
-    c: float | None = _spec(None, check=lambda x: x is None or x > 0,
-                            expected="a lattice constant > 0 (Å) or null")
-    supercell: tuple[int, int, int] = _spec((2, 2, 2), check=lambda t: min(t) >= 1,
-                                            expected="three integers >= 1")
+    a: float | None = spec(None, check=lambda x: x is None or x > 0,
+                           expected="a lattice constant > 0 (Å) or null")
+    c: float | None = spec(None, check=lambda x: x is None or x > 0,
+                           expected="a lattice constant > 0 (Å) or null")
+    supercell: tuple[int, int, int] = spec((2, 2, 2), check=lambda t: min(t) >= 1,
+                                           expected="three integers >= 1")
     cubic: bool = True
-    vacancies: int = _spec(0, check=_nonneg, expected="an integer >= 0")
+    vacancies: int = spec(0, check=_nonneg, expected="an integer >= 0")
     seed: int = 0
 
 
@@ -191,13 +180,13 @@ class MDConfig:
     """
 
     ensemble: Literal["langevin", "npt", "velocity_verlet", "bussi", "nose_hoover"] = "langevin"
-    temperature_K: float = _spec(300.0, check=_positive, expected="a temperature > 0 (K)")
+    temperature_K: float = spec(300.0, check=_positive, expected="a temperature > 0 (K)")
     pressure_GPa: float = 0.0
-    timestep_fs: float = _spec(1.0, check=_positive, expected="a time step > 0 (fs)")
-    steps: int = _spec(1000, check=lambda x: x >= 1, expected="an integer >= 1")
-    friction: float = _spec(0.01, check=_positive, expected="a friction > 0 (1/fs)")
-    taut_fs: float = _spec(100.0, check=_positive, expected="a time > 0 (fs)")
-    taup_fs: float = _spec(1000.0, check=_positive, expected="a time > 0 (fs)")
+    timestep_fs: float = spec(1.0, check=_positive, expected="a time step > 0 (fs)")
+    steps: int = spec(1000, check=lambda x: x >= 1, expected="an integer >= 1")
+    friction: float = spec(0.01, check=_positive, expected="a friction > 0 (1/fs)")
+    taut_fs: float = spec(100.0, check=_positive, expected="a time > 0 (fs)")
+    taup_fs: float = spec(1000.0, check=_positive, expected="a time > 0 (fs)")
     seed: int = 0
 
 
@@ -224,10 +213,10 @@ class InitialDataConfig:
     """
 
     file: Path | None = None
-    rattled: int = _spec(8, check=lambda x: x >= 2, expected="an integer >= 2")
-    rattle_stdev: float = _spec(0.1, check=_positive, expected="a displacement > 0 (Å)")
-    strain: float = _spec(0.0, check=lambda x: 0 <= x < 0.5, expected="a fraction in [0, 0.5)")
-    val_fraction: float = _spec(0.25, check=lambda x: 0 < x < 1, expected="a fraction in (0, 1)")
+    rattled: int = spec(8, check=lambda x: x >= 2, expected="an integer >= 2")
+    rattle_stdev: float = spec(0.1, check=_positive, expected="a displacement > 0 (Å)")
+    strain: float = spec(0.0, check=lambda x: 0 <= x < 0.5, expected="a fraction in [0, 0.5)")
+    val_fraction: float = spec(0.25, check=lambda x: 0 < x < 1, expected="a fraction in (0, 1)")
     seed: int = 0
 
 
@@ -236,11 +225,12 @@ class MLIPConfig:
     """NequIP settings: ``model`` holds ModelConfig fields except ``species``, ``train``
     TrainConfig fields, ``threads`` the torch threads."""
 
-    model: Mapping[str, Any] = _spec(factory=dict)
-    train: Mapping[str, Any] = _spec(factory=dict)
-    threads: int | None = _spec(None, check=lambda x: x is None or x >= 1, expected="an integer >= 1 or null")
-    device: str = _spec("cpu", check=lambda x: _device_available(x),
-                        expected="cpu, auto (cuda if available), or cuda / cuda:N on a machine with a CUDA GPU")
+    model: Mapping[str, Any] = spec(factory=dict)
+    train: Mapping[str, Any] = spec(factory=dict)
+    threads: int | None = spec(None, check=lambda x: x is None or x >= 1, expected="an integer >= 1 or null")
+    device: str = spec("cpu", check=lambda x: _device_available(x),
+                       expected="cpu, auto (cuda if available), or cuda / cuda:N on a machine with a "
+                                "CUDA GPU")
 
 
 def _device_available(name: str) -> bool:
@@ -263,7 +253,7 @@ class HeadConfig:
     """
 
     name: Literal["ensemble", "gp", "distance", "oracle", "random"] = "ensemble"
-    settings: Mapping[str, Any] = _spec(factory=dict)
+    settings: Mapping[str, Any] = spec(factory=dict)
 
 
 @dataclass(frozen=True)
@@ -283,8 +273,8 @@ class LabelerConfig:
 
     name: Literal["gpaw", "emt", "lj", "morse", "lammps-snap"] = "gpaw"
     settings: Any = None
-    retries: int = _spec(1, check=_nonneg, expected="an integer >= 0")
-    max_force: float = _spec(100.0, check=_positive, expected="a force > 0 (eV/Å)")
+    retries: int = spec(1, check=_nonneg, expected="an integer >= 0")
+    max_force: float = spec(100.0, check=_positive, expected="a force > 0 (eV/Å)")
 
 
 @dataclass(frozen=True)
@@ -306,12 +296,12 @@ class CutoffsConfig:
         integer.
     """
 
-    max_error: float = _spec(1.0, check=_positive, expected="an error bound > 0 (eV/Å; .inf for none)")
-    candidates: tuple[str, ...] = _spec(FAMILIES, check=lambda t: len(t) > 0 and set(t) <= set(FAMILIES),
-                                        expected=f"a non-empty list from {list(FAMILIES)}")
+    max_error: float = spec(1.0, check=_positive, expected="an error bound > 0 (eV/Å; .inf for none)")
+    candidates: tuple[str, ...] = spec(FAMILIES, check=lambda t: len(t) > 0 and set(t) <= set(FAMILIES),
+                                       expected=f"a non-empty list from {list(FAMILIES)}")
     robust: bool = False
-    n: Union[int, str] = _spec("run", check=lambda x: x in N_POLICIES if isinstance(x, str) else x >= 2,
-                               expected=f"one of {list(N_POLICIES)} or an integer >= 2")
+    n: Union[int, str] = spec("run", check=lambda x: x in N_POLICIES if isinstance(x, str) else x >= 2,
+                              expected=f"one of {list(N_POLICIES)} or an integer >= 2")
 
 
 @dataclass(frozen=True)
@@ -328,9 +318,9 @@ class RetrainConfig:
         TrainConfig fields overriding ``mlip.train`` for retraining (e.g. fewer epochs).
     """
 
-    every: int = _spec(10, check=lambda x: x >= 1, expected="an integer >= 1")
+    every: int = spec(10, check=lambda x: x >= 1, expected="an integer >= 1")
     warm_start: bool = True
-    train: Mapping[str, Any] = _spec(factory=dict)
+    train: Mapping[str, Any] = spec(factory=dict)
 
 
 @dataclass(frozen=True)
@@ -354,9 +344,9 @@ class OutputConfig:
     """
 
     folder: Path = Path("otf-run")
-    trajectory_every: int = _spec(1, check=lambda x: x >= 1, expected="an integer >= 1")
-    checkpoint_every: int = _spec(10, check=lambda x: x >= 1, expected="an integer >= 1")
-    flush_every: int = _spec(1, check=lambda x: x >= 1, expected="an integer >= 1")
+    trajectory_every: int = spec(1, check=lambda x: x >= 1, expected="an integer >= 1")
+    checkpoint_every: int = spec(10, check=lambda x: x >= 1, expected="an integer >= 1")
+    flush_every: int = spec(1, check=lambda x: x >= 1, expected="an integer >= 1")
     progress: bool = True
 
 
@@ -401,7 +391,7 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Resolved settings as JSON-ready data (paths as strings)."""
-        return _plain(self)
+        return plain(self)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -428,187 +418,30 @@ def load_run_config(path) -> RunConfig:
     return parse_run_config(data, source=path, text=text)
 
 
-def read_yaml(path: Path, what: str) -> tuple[Any, str]:
-    """Read an input file with ``yaml.safe_load``: ``(data, text)``.
-
-    Raises
-    ------
-    DataError
-        If the file does not exist (the message calls it ``what``, e.g. "run input").
-    ConfigError
-        If it is not valid YAML (the message gives the line and column).
-    """
-    if not path.is_file():
-        raise DataError(f"{path}: {what} file not found")
-    text = path.read_text()
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: not valid YAML{at}: {problem}") from None
-    return data, text
-
-
 def parse_run_config(data: Any, *, source: Path | None = None, text: str = "") -> RunConfig:
     """Validate an already-parsed input mapping (see :func:`load_run_config`)."""
-    ctx = _Context(str(source) if source is not None else "run input",
-                   source.parent if source is not None else Path.cwd())
+    ctx = Context(str(source) if source is not None else "run input",
+                  source.parent if source is not None else Path.cwd(), special=_SPECIAL)
     if not isinstance(data, Mapping):
         expected = "a mapping with at least the key 'system'"
         raise ctx.error("", data, expected if data is not None else expected + " (the file is empty)")
-    _check_keys(data, list(_SECTIONS), "", ctx)
+    check_keys(data, list(_SECTIONS), "", ctx)
     if "system" not in data:
         raise ConfigError(f"{ctx.where}: missing section 'system' (give system.structure or system.builder)")
-    sections = {name: _build(cls, data.get(name), name, ctx) for name, cls in _SECTIONS.items()}
+    sections = {name: build(cls, data.get(name), name, ctx) for name, cls in _SECTIONS.items()}
     config = RunConfig(**sections, source=source, text=text)
     _cross_checks(config, data, ctx)
     return config
 
 
-class _Context:
-    def __init__(self, where: str, base: Path):
-        self.where = where
-        self.base = base
-
-    def error(self, path: str, value: Any, expected: str) -> ConfigError:
-        key = path or "(top level)"
-        return ConfigError(f"{self.where}: {key} = {_show(value)} is invalid; expected {expected}")
-
-
-def _show(value: Any) -> str:
-    text = repr(value) if not isinstance(value, Mapping) else "{" + ", ".join(map(str, value)) + "}"
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _check_keys(mapping: Mapping, allowed: list[str], prefix: str, ctx: _Context) -> None:
-    for key in mapping:
-        if key in allowed:
-            continue
-        close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise ConfigError(f"{ctx.where}: unknown key {prefix}{key}; {hint}allowed: {', '.join(allowed)}")
-
-
-def _build(cls, value: Any, path: str, ctx: _Context):
-    """Build dataclass ``cls`` from a mapping (None: defaults), checking keys, types and values."""
-    if value is None:
-        value = {}
-    if not isinstance(value, Mapping):
-        raise ctx.error(path, value, f"a mapping of {', '.join(f.name for f in dataclasses.fields(cls))}")
-    fields = [f for f in dataclasses.fields(cls) if f.init and f.name not in ("source", "text")]
-    names = [f.name for f in fields]
-    _check_keys(value, names, path + "." if path else "", ctx)
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for f in fields:
-        key = f"{path}.{f.name}" if path else f.name
-        if f.name not in value:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"{ctx.where}: missing key {key}")
-            continue
-        special = _SPECIAL.get((cls, f.name))
-        converted = special(value, key, ctx) if special else _convert(value[f.name], hints[f.name], key, ctx)
-        check = f.metadata.get("check")
-        if check is not None and converted is not None and not check(converted):
-            raise ctx.error(key, value[f.name], f.metadata["expected"])
-        kwargs[f.name] = converted
-    return cls(**kwargs)
-
-
-def _convert(value: Any, hint: Any, path: str, ctx: _Context):
-    """Convert a YAML value to the annotated type, or raise a ConfigError naming ``path``."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        last = None
-        for option in options:
-            try:
-                return _convert(value, option, path, ctx)
-            except ConfigError as exc:
-                last = exc
-        if len(options) == 1:
-            raise last
-        raise ctx.error(path, value, " or ".join(_describe(a) for a in args))
-    if origin is Literal:
-        if value in args:
-            return value
-        close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1, cutoff=0.6)
-        hint_text = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ctx.error(path, value, f"one of {', '.join(map(str, args))}{hint_text}")
-    if origin is tuple:
-        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-            if len(args) == 2 and args[1] is Ellipsis:
-                value = [value]  # a single item where a list is expected
-            else:
-                raise ctx.error(path, value, _describe(hint))
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, args[0], f"{path}[{i}]", ctx) for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ctx.error(path, value, _describe(hint))
-        return tuple(_convert(v, a, f"{path}[{i}]", ctx) for i, (v, a) in enumerate(zip(value, args)))
-    if origin in (Mapping, dict) or hint in (Mapping, dict):
-        if value is None:
-            return types.MappingProxyType({})
-        if not isinstance(value, Mapping):
-            raise ctx.error(path, value, "a mapping")
-        return types.MappingProxyType(dict(value))
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ctx.error(path, value, "true or false")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ctx.error(path, value, "an integer")
-    if hint is float:
-        if isinstance(value, str):
-            try:
-                return float(value)  # PyYAML reads 1e-3 (no dot) as a string
-            except ValueError:
-                pass
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ctx.error(path, value, "a number")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise ctx.error(path, value, "a string")
-    if hint is Path:
-        if isinstance(value, str) and value:
-            return (ctx.base / value).resolve()
-        raise ctx.error(path, value, "a file or folder path")
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, path, ctx)
-    if hint is Any:
-        return value
-    raise TypeError(f"config.py cannot convert type {hint!r} (at {path})")  # a bug in this module
-
-
-def _describe(hint: Any) -> str:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is type(None):
-        return "null"
-    if origin is tuple:
-        if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
-        return f"a list of {len(args)} {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-            Path: "a path"}.get(hint, getattr(hint, "__name__", str(hint)))
-
-
 # ------------------------------------------------------------------------------ special fields
-def _labeler_settings(section: Mapping, path: str, ctx: _Context):
+def _labeler_settings(section: Mapping, path: str, ctx: Context):
     """``labeler.settings`` is validated against the settings dataclass of ``labeler.name``."""
     from .labelers.registry import settings_class
 
     cls = settings_class(section.get("name", LabelerConfig.name))  # the name was checked before
     try:
-        return _build(cls, section.get("settings"), path, ctx)
+        return build(cls, section.get("settings"), path, ctx)
     except ConfigError:
         raise
     except (ValueError, TypeError) as exc:  # a settings class's own __post_init__ check
@@ -616,7 +449,7 @@ def _labeler_settings(section: Mapping, path: str, ctx: _Context):
 
 
 def _mlip_fields(cls_name: str):
-    def convert(section: Mapping, path: str, ctx: _Context):
+    def converter(section: Mapping, path: str, ctx: Context):
         import otf_statcut.mlip as mlip
 
         cls = getattr(mlip, cls_name)
@@ -630,19 +463,19 @@ def _mlip_fields(cls_name: str):
         if "species" in value and skip:
             raise ConfigError(f"{ctx.where}: {path}.species is not allowed: the species come from the system "
                               "and the initial data")
-        _check_keys(value, allowed, path + ".", ctx)
+        check_keys(value, allowed, path + ".", ctx)
         hints = typing.get_type_hints(cls)
-        out = {k: _convert(v, hints[k], f"{path}.{k}", ctx) for k, v in value.items()}
+        out = {k: convert(v, hints[k], f"{path}.{k}", ctx) for k, v in value.items()}
         try:
             cls(**({"species": ("H",)} if skip else {}), **out)
         except (ConfigError, TypeError, ValueError) as exc:
             raise ConfigError(f"{ctx.where}: {path}: {exc}") from None
         return types.MappingProxyType(out)
 
-    return convert
+    return converter
 
 
-def _head_settings(section: Mapping, path: str, ctx: _Context):
+def _head_settings(section: Mapping, path: str, ctx: Context):
     """``head.settings`` must be constructor arguments of the named head."""
     import inspect
 
@@ -658,7 +491,7 @@ def _head_settings(section: Mapping, path: str, ctx: _Context):
 
     cls = registry[name]
     allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "settings")]
-    _check_keys(value, allowed, path + ".", ctx)
+    check_keys(value, allowed, path + ".", ctx)
     try:
         cls(**value)
     except (ConfigError, TypeError, ValueError) as exc:
@@ -675,7 +508,7 @@ _SPECIAL = {
 }
 
 
-def _cross_checks(config: RunConfig, data: Mapping, ctx: _Context) -> None:
+def _cross_checks(config: RunConfig, data: Mapping, ctx: Context) -> None:
     system = config.system
     if (system.structure is None) == (system.builder is None):
         raise ConfigError(f"{ctx.where}: system: give exactly one of system.structure (a file) "
@@ -704,16 +537,3 @@ def _cross_checks(config: RunConfig, data: Mapping, ctx: _Context) -> None:
                           "of ensemble, gp, distance, random")
     if not config.output.folder.is_absolute():  # the default folder, like given ones, sits beside the input
         object.__setattr__(config.output, "folder", (ctx.base / config.output.folder).resolve())
-
-
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)
-                if f.name not in ("source", "text")}
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value

@@ -52,7 +52,7 @@ from typing import Any, Literal
 
 
 # the run schema's validation helpers, so both inputs report mistakes the same way
-from otf_statcut.config import _build, _check_keys, _Context, _convert, _spec, read_yaml
+from otf_statcut.schema import Context, build, check_keys, convert, read_yaml, spec
 from otf_statcut.errors import ConfigError, DataError, UserError
 from otf_statcut.mlip import ModelConfig, TrainConfig
 
@@ -104,12 +104,12 @@ class DatasetSpec:
 class _DatasetInput:
     """A ``datasets[i]`` entry as written (checked by the run schema's helpers)."""
 
-    name: str = _spec(check=lambda x: bool(_NAME.match(x)),
-                      expected="a name of letters, digits, '_', '.', '-'")
-    path: Path = _spec()
-    select: Mapping[str, Any] = _spec(factory=dict)
-    first: int = _spec(0, check=lambda x: x >= 0, expected="an integer >= 0")
-    count: int | None = _spec(None, check=lambda x: x >= 1, expected="an integer >= 1 or null")
+    name: str = spec(check=lambda x: bool(_NAME.match(x)),
+                     expected="a name of letters, digits, '_', '.', '-'")
+    path: Path = spec()
+    select: Mapping[str, Any] = spec(factory=dict)
+    first: int = spec(0, check=lambda x: x >= 0, expected="an integer >= 0")
+    count: int | None = spec(None, check=lambda x: x >= 1, expected="an integer >= 1 or null")
 
 
 @dataclass(frozen=True)
@@ -142,18 +142,18 @@ class ProtocolSettings:
         Points per axis of the stored precision/recall/F1 sweep grid.
     """
 
-    seed_frames: int = _spec(5, check=lambda x: x >= 2, expected="an integer >= 2")
+    seed_frames: int = spec(5, check=lambda x: x >= 2, expected="an integer >= 2")
     seed: int = 0
-    val_fraction: float = _spec(0.2, check=lambda x: 0 < x < 1, expected="a fraction in (0, 1)")
-    max_iterations: int = _spec(20, check=lambda x: x >= 1, expected="an integer >= 1")
-    max_labels: int | None = _spec(None, check=lambda x: x >= 2, expected="an integer >= 2 or null")
+    val_fraction: float = spec(0.2, check=lambda x: 0 < x < 1, expected="a fraction in (0, 1)")
+    max_iterations: int = spec(20, check=lambda x: x >= 1, expected="an integer >= 1")
+    max_labels: int | None = spec(None, check=lambda x: x >= 2, expected="an integer >= 2 or null")
     warm_start: bool = True
     include_halt_frame: bool = True
-    max_error: float = _spec(1.0, check=lambda x: x > 0, expected="an error bound > 0 (eV/Å; .inf for none)")
-    candidates: tuple[str, ...] = _spec(_FAMILIES, check=lambda t: len(t) > 0 and set(t) <= set(_FAMILIES),
-                                        expected=f"a non-empty list from {list(_FAMILIES)}")
+    max_error: float = spec(1.0, check=lambda x: x > 0, expected="an error bound > 0 (eV/Å; .inf for none)")
+    candidates: tuple[str, ...] = spec(_FAMILIES, check=lambda t: len(t) > 0 and set(t) <= set(_FAMILIES),
+                                       expected=f"a non-empty list from {list(_FAMILIES)}")
     robust: bool = False
-    sweep_points: int = _spec(40, check=lambda x: x >= 2, expected="an integer >= 2")
+    sweep_points: int = spec(40, check=lambda x: x >= 2, expected="an integer >= 2")
 
 
 @dataclass(frozen=True)
@@ -246,26 +246,26 @@ def load_benchmark_config(path) -> BenchmarkConfig:
 
 def parse_benchmark_config(data: Any, *, source: Path | None = None, text: str = "") -> BenchmarkConfig:
     """Validate an already-parsed input mapping (see :func:`load_benchmark_config`)."""
-    ctx = _Context(str(source) if source is not None else "benchmark input",
-                   source.parent if source is not None else Path.cwd())
+    ctx = Context(str(source) if source is not None else "benchmark input",
+                  source.parent if source is not None else Path.cwd())
     if not isinstance(data, Mapping):
         raise ctx.error("", data, "a mapping with the keys 'datasets' and 'methods'"
                         + (" (the file is empty)" if data is None else ""))
-    _check_keys(data, list(_TOP_LEVEL), "", ctx)
+    check_keys(data, list(_TOP_LEVEL), "", ctx)
     for key in ("datasets", "methods"):
         if key not in data:
             raise ConfigError(f"{ctx.where}: missing key {key} ({_TOP_LEVEL[key]})")
     datasets = _datasets(data["datasets"], ctx)
-    methods = _convert(data["methods"], tuple[Literal[METHODS], ...], "methods", ctx)
+    methods = convert(data["methods"], tuple[Literal[METHODS], ...], "methods", ctx)
     if not methods or len(set(methods)) != len(methods):
         raise ctx.error("methods", data["methods"],
                         f"a non-empty list of distinct methods from {list(METHODS)}")
-    protocol = _build(ProtocolSettings, data.get("protocol"), "protocol", ctx)
+    protocol = build(ProtocolSettings, data.get("protocol"), "protocol", ctx)
     model = _fields(ModelConfig, data.get("model"), "model", ctx, skip=("species",))
     training = TrainConfig(**_fields(TrainConfig, data.get("training"), "training", ctx))
     heads = _heads(data.get("heads"), ctx)
-    output = None if data.get("output") is None else _convert(data["output"], Path, "output", ctx)
-    threads = _convert(data.get("threads", 1), int, "threads", ctx)
+    output = None if data.get("output") is None else convert(data["output"], Path, "output", ctx)
+    threads = convert(data.get("threads", 1), int, "threads", ctx)
     if threads < 1:
         raise ctx.error("threads", threads, "an integer >= 1")
     return BenchmarkConfig(source=source, text=text, datasets=datasets, methods=methods, protocol=protocol,
@@ -279,13 +279,13 @@ _TOP_LEVEL = {
 }
 
 
-def _datasets(value: Any, ctx: _Context) -> tuple[DatasetSpec, ...]:
+def _datasets(value: Any, ctx: Context) -> tuple[DatasetSpec, ...]:
     if not isinstance(value, list) or not value:
         raise ctx.error("datasets", value, "a non-empty list of {name, path} entries")
     specs: list[DatasetSpec] = []
     for i, entry in enumerate(value):
         key = f"datasets[{i}]"
-        parsed = _build(_DatasetInput, entry, key, ctx)
+        parsed = build(_DatasetInput, entry, key, ctx)
         if parsed.name in {s.name for s in specs}:
             raise ctx.error(f"{key}.name", parsed.name, "a name not used by another dataset")
         if not parsed.path.is_file():
@@ -301,7 +301,7 @@ def _datasets(value: Any, ctx: _Context) -> tuple[DatasetSpec, ...]:
     return tuple(specs)
 
 
-def _fields(cls, value: Any, path: str, ctx: _Context, skip: Sequence[str] = ()) -> dict:
+def _fields(cls, value: Any, path: str, ctx: Context, skip: Sequence[str] = ()) -> dict:
     """Keyword arguments for ``cls`` (ModelConfig / TrainConfig), checked by building it once."""
     if value is None:
         return {}
@@ -311,9 +311,9 @@ def _fields(cls, value: Any, path: str, ctx: _Context, skip: Sequence[str] = ())
         if key in value:
             raise ConfigError(f"{ctx.where}: {path}.{key} is not allowed: the {key} come from each dataset")
     allowed = [f.name for f in dataclasses.fields(cls) if f.name not in skip]
-    _check_keys(value, allowed, path + ".", ctx)
+    check_keys(value, allowed, path + ".", ctx)
     hints = typing.get_type_hints(cls)
-    out = {k: _convert(v, hints[k], f"{path}.{k}", ctx) for k, v in value.items()}
+    out = {k: convert(v, hints[k], f"{path}.{k}", ctx) for k, v in value.items()}
     try:
         cls(**({"species": ("H",)} if "species" in skip else {}), **out)
     except (ConfigError, TypeError, ValueError) as exc:
@@ -321,13 +321,13 @@ def _fields(cls, value: Any, path: str, ctx: _Context, skip: Sequence[str] = ())
     return out
 
 
-def _heads(value: Any, ctx: _Context) -> dict:
+def _heads(value: Any, ctx: Context) -> dict:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
         raise ctx.error("heads", value, "a mapping method -> head settings")
     tunable = [m for m in METHODS if m not in TRUE_ERROR_METHODS]
-    _check_keys(value, tunable, "heads.", ctx)
+    check_keys(value, tunable, "heads.", ctx)
     heads = {}
     for name, settings in value.items():
         settings = settings or {}
@@ -338,7 +338,7 @@ def _heads(value: Any, ctx: _Context) -> dict:
     return heads
 
 
-def _check_head(name: str, settings: dict, ctx: _Context) -> None:
+def _check_head(name: str, settings: dict, ctx: Context) -> None:
     """Build the head once so a bad setting fails now, not after an hour of training."""
     from otf_statcut.uq import make_head
 

@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.mpi]
@@ -70,7 +71,7 @@ def test_gpaw_labels_on_two_ranks(tmp_path: Path):
     out = json.loads((tmp_path / "out.json").read_text())
     assert out["size"] == 2 and out["settings"]["ranks"] == 2
     assert out["settings"]["mode"] == "pw" and out["settings"]["ecut"] == 200.0
-    forces = pytest.importorskip("numpy").array(out["forces"])
+    forces = np.array(out["forces"])
     assert forces.shape == (16, 3)
     assert abs(forces.sum(axis=0)).max() < 0.05  # translation invariance (PW grid noise)
     assert 0.01 < abs(forces).max() < 2.0

@@ -126,6 +126,28 @@ def test_pred_ref_form_with_per_element(force_files, tmp_path, capsys):
     assert "element Li" in out and "element Mg" in out
 
 
+def test_rejected_candidates_and_fallback_are_reported(tmp_path, capsys):
+    # a floor and a heavy tail: the generalized Gamma sits on its c = -20 bound, the others fail KS
+    x = 0.1 * np.exp(np.random.default_rng(0).exponential(0.3, 2000))
+    np.save(tmp_path / "sigma.npy", x)
+    result = run_json(capsys, tmp_path / "sigma.npy", "--n", 100000)
+    best = fit_best(x, n=100000)
+    assert result["distribution"] == "tail" and result["fallback"] == best.fallback != ""
+    assert result["cutoff"] == pytest.approx(best.cutoff(100000)) and result["passed"] is False
+    assert result["ks_threshold"] == 1e-3
+    by_name = {c["name"]: c for c in result["candidates"]}
+    assert not any(c["credible"] for c in by_name.values())
+    assert any("search bound" in r for r in by_name["gengamma"]["rejected"])
+    assert {(r["name"], r["rule"]) for r in result["rejections"]} >= {("gengamma", "bound"), ("maxwell", "ks")}
+    # --ks-threshold 0 switches the KS rule off: a family wins again, the bound rule still holds
+    loose = run_json(capsys, tmp_path / "sigma.npy", "--n", 100000, "--ks-threshold", 0)
+    assert loose["distribution"] in ("maxwell", "gamma") and loose["fallback"] == ""
+    assert loose["cutoff"] == pytest.approx(fit_best(x, n=100000, ks_threshold=0).cutoff(100000))
+    assert main(["cutoffs", str(tmp_path / "sigma.npy"), "--n", "100000"]) == 0
+    out = capsys.readouterr().out
+    assert "tail (fallback)" in out and "REJECTED" in out and "search bound" in out and "fallback   no credible" in out
+
+
 # -- bad input: one line on stderr, exit status 2 ---------------------------------------------
 def write(path: Path, text: str) -> Path:
     path.write_text(text)
@@ -166,6 +188,7 @@ def bad_inputs(tmp: Path, pred: Path, ref: Path) -> dict[str, tuple[list[str], s
         "per-element without frames": ([str(tmp / "neg.npy"), "--per-element"], "--per-element needs"),
         "n too small": ([str(tmp / "neg.npy"), "--n", "1"], "at least 2"),
         "unknown candidate": ([str(tmp / "neg.npy"), "--candidates", "maxwell,weibull"], "weibull"),
+        "bad ks threshold": ([str(tmp / "neg.npy"), "--ks-threshold", "2"], "between 0 and 1"),
         "bad plot type": (["--pred", str(pred), "--ref", str(ref), "--plot", str(tmp / "fig.xyz")],
                           "unsupported figure type"),
         "plot folder missing": (["--pred", str(pred), "--ref", str(ref), "--plot", str(tmp / "no" / "f.png")],
@@ -177,7 +200,8 @@ CASES = [
     "missing file", "NaN", "negative", "empty txt", "empty npy", "too few", "unknown extension",
     "not numbers", "not an npy", "two columns", "mismatched frames", "mismatched atoms", "missing forces",
     "unreadable frames", "missing pred file", "pred without ref", "both forms", "neither form",
-    "per-element without frames", "n too small", "unknown candidate", "bad plot type", "plot folder missing",
+    "per-element without frames", "n too small", "unknown candidate", "bad ks threshold", "bad plot type",
+    "plot folder missing",
 ]
 
 

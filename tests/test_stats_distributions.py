@@ -193,8 +193,13 @@ def test_degenerate_values_raise_fit_error():
 def test_fit_best_records_failed_candidates():
     values = np.full(30, 0.3)  # Maxwell fits (poorly); Gamma and generalized Gamma cannot
     best = fit_best(values)
-    assert best.best.name == "maxwell"
+    assert [c.name for c in best.candidates] == ["maxwell"]
     assert [name for name, _ in best.failures] == ["gamma", "gengamma"]
+    # the poor Maxwell fit (KS p far below 1e-3) is not credible: the tail fallback stands in for it
+    assert best.rejected("maxwell") and best.best.name == "tail" and best.fallback
+    assert best.cutoff(1000) == pytest.approx(0.3, rel=1e-4)
+    # without the KS rule Maxwell is the only credible fit, as before the credibility check
+    assert fit_best(values, ks_threshold=0).best.name == "maxwell"
 
 
 # -- KS evidence --------------------------------------------------------------------------------
@@ -238,7 +243,9 @@ def test_fit_best_with_maxwell_only_reports_a_poor_fit_of_a_mixture():
     rng = np.random.default_rng(8)
     mixture = np.concatenate([stats.maxwell.rvs(scale=s, size=3000, random_state=rng) for s in (0.02, 0.06)])
     best = fit_best(mixture, candidates=("maxwell",))
-    assert not best.passed and best.best.ks_pvalue < 0.05
+    assert not best.passed and best.candidate("maxwell").ks_pvalue < 0.05
+    # so poor (p < KS_THRESHOLD) that it is not credible: the tail fallback stands in for it
+    assert best.best.name == "tail" and [r.rule for r in best.rejections] == ["ks"]
 
 
 @pytest.mark.parametrize("candidates", [(), ("maxwell", "weibull"), ("gamma", "gamma")])

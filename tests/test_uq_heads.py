@@ -196,6 +196,30 @@ def test_calibrated_prefactor_is_the_nll_minimum(name, heads, potential, li):
         assert maxwell_nll(errors, factor * sigma) > head.nll_calibrated_
 
 
+# --------------------------------------------------------------------------- bounded σ
+@pytest.mark.parametrize("name", ["gp", "distance"])
+def test_sigma_far_from_the_training_data_is_finite_and_at_the_bound(name, heads, potential, li):
+    """Latent vectors far outside the training set: the GP returns to its (capped) prior, the
+    latent distance grows linearly until its cap; both give exactly the head's finite bound."""
+    import dataclasses
+
+    head = heads[name]
+    assert 0 < head.sigma_bound_ < np.inf
+    frames = li["bulk"][:2]
+    predictions = potential.predict(frames, stress=False, features=True)
+    near = np.concatenate(head.predict(frames, predictions))
+    far_predictions = [dataclasses.replace(p, features=1e3 * p.features + 1e3) for p in predictions]
+    far = np.concatenate(head.predict(frames, far_predictions))
+    assert np.all(np.isfinite(far)) and np.all(far <= head.sigma_bound_)
+    assert far == pytest.approx(head.sigma_bound_, rel=1e-6) and far.min() > near.max()
+    broken = [dataclasses.replace(p, features=np.full_like(p.features, np.nan)) for p in predictions]
+    assert np.isnan(np.concatenate(head.predict(frames, broken))).all()  # never a trusted number
+
+
+def test_heads_that_cannot_diverge_have_no_bound(heads):
+    assert heads["ensemble"].sigma_bound_ == heads["oracle"].sigma_bound_ == np.inf
+
+
 # --------------------------------------------------------------------------- persistence
 @pytest.mark.parametrize("name", sorted(HEADS))
 def test_save_load_gives_identical_predictions(name, heads, potential, li, tmp_path):
@@ -203,6 +227,7 @@ def test_save_load_gives_identical_predictions(name, heads, potential, li, tmp_p
     head.save(tmp_path / name)
     loaded = load_head(tmp_path / name, potential)
     assert type(loaded) is type(head) and loaded.scale_ == head.scale_
+    assert loaded.sigma_bound_ == head.sigma_bound_
     frames = li["bulk"][:2] + li["surface"][:2]
     predictions = potential.predict(frames)
     for a, b in zip(head.predict(frames, predictions), loaded.predict(frames, predictions)):
@@ -210,6 +235,19 @@ def test_save_load_gives_identical_predictions(name, heads, potential, li, tmp_p
             np.testing.assert_allclose(a, b, rtol=1e-5)
         else:
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["gp", "distance", "ensemble"])
+def test_heads_saved_before_the_sigma_bound_still_load(name, heads, potential, tmp_path):
+    import json
+
+    heads[name].save(tmp_path / name)
+    meta_path = tmp_path / name / "head.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["sigma_bound"]
+    meta_path.write_text(json.dumps(meta))
+    loaded = load_head(tmp_path / name, potential)
+    assert loaded.sigma_bound_ == pytest.approx(heads[name].sigma_bound_)  # recomputed from the state
 
 
 def test_load_refuses_a_head_of_another_kind(heads, potential, tmp_path):

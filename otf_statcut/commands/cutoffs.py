@@ -2,8 +2,8 @@
 
 Two forms::
 
-    otf-statcut cutoffs VALUES [--n N] [--candidates maxwell,gamma,gengamma] [--robust] [--json]
-                        [--plot out.png]
+    otf-statcut cutoffs VALUES [--n N] [--candidates maxwell,gamma,gengamma] [--robust]
+                        [--ks-threshold P] [--json] [--plot out.png]
     otf-statcut cutoffs --pred P.extxyz --ref R.extxyz [--per-element] [same options]
 
 ``VALUES`` is a ``.npy``, ``.txt`` or ``.csv`` file of non-negative values (one column; a ``.csv``
@@ -11,7 +11,11 @@ may have one header line). The second form computes per-atom force-error magnitu
 ``|F_pred - F_ref|`` (eV/Å) frame by frame from two files ASE can read (frames in the same order,
 same atoms); ``--per-element`` adds one fit per chemical species. ``--n`` (default: the number of
 values, per species with ``--per-element``) is the sampling-set size of the cutoff
-CDF = 1 - 1/n. Every bad input raises :class:`~otf_statcut.errors.DataError` or
+CDF = 1 - 1/n. Every candidate gets the credibility check of
+:func:`~otf_statcut.stats.distributions.fit_best` at that ``n`` (search bound, extrapolation rule,
+KS p-value at least ``--ks-threshold``); the output lists the rejected candidates with their
+reasons and, when none is credible, the ``tail`` fallback and why. Every bad input raises
+:class:`~otf_statcut.errors.DataError` or
 :class:`~otf_statcut.errors.UserError`, which the CLI prints on one line (exit status 2).
 """
 
@@ -29,6 +33,7 @@ from ..errors import DataError, FitError, UserError
 from ..stats import (
     DEFAULT_CANDIDATES,
     DISTRIBUTIONS,
+    KS_THRESHOLD,
     BestFit,
     fit_best,
     force_error_magnitudes,
@@ -66,6 +71,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help=f"comma-separated families to try (default: {','.join(DEFAULT_CANDIDATES)})",
     )
     p.add_argument("--robust", action="store_true", help="iteratively trim values above the cutoff and refit")
+    p.add_argument(
+        "--ks-threshold",
+        type=float,
+        default=KS_THRESHOLD,
+        metavar="P",
+        help=f"candidates with a KS p-value below P are not credible (default: {KS_THRESHOLD:g}; 0 disables)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--plot", metavar="OUT.png", help="write histogram, fitted PDF and cutoff to this image")
     p.set_defaults(func=run)
@@ -171,7 +183,12 @@ def _number(value: float):
 
 
 def summary(fit: BestFit, n_values: int, n: int) -> dict:
-    """JSON-ready description of a :class:`BestFit` and its cutoff at ``n``."""
+    """JSON-ready description of a :class:`BestFit` and its cutoff at ``n``.
+
+    ``fallback`` is empty unless no candidate was credible (then ``distribution`` is ``"tail"``
+    and ``fallback`` says why); each candidate has ``credible`` and ``rejected`` (reasons), and
+    ``rejections`` lists ``{name, rule, reason}`` for every failed rule.
+    """
     best = fit.best
     return {
         "distribution": best.name,
@@ -181,10 +198,12 @@ def summary(fit: BestFit, n_values: int, n: int) -> dict:
         "ks_pvalue": _number(best.ks_pvalue),
         "passed": fit.passed,
         "ks_sample_size": best.ks_sample_size,
+        "ks_threshold": float(fit.ks_threshold),
         "n_values": int(n_values),
         "n_trimmed": best.n_trimmed,
         "n": int(n),
         "cutoff": _number(fit.cutoff(n)),
+        "fallback": fit.fallback,
         "candidates": [
             {
                 "name": c.name,
@@ -192,9 +211,13 @@ def summary(fit: BestFit, n_values: int, n: int) -> dict:
                 "param_names": list(c.param_dict),
                 "ks_statistic": _number(c.ks_statistic),
                 "ks_pvalue": _number(c.ks_pvalue),
+                "cutoff": _number(c.cutoff(n)),
+                "credible": not fit.rejected(c.name),
+                "rejected": list(fit.rejected(c.name)),
             }
             for c in fit.candidates
         ],
+        "rejections": [r.to_dict() for r in fit.rejections],
         "failures": [{"name": name, "reason": reason} for name, reason in fit.failures],
     }
 
@@ -204,11 +227,17 @@ def _params_text(names, params) -> str:
 
 
 def _text(result: dict, title: str) -> list[str]:
-    verdict = "passes" if result["passed"] else "FAILS"
+    if result["fallback"]:
+        u, beta, p_u = result["params"][:3]
+        verdict = "no candidate is credible"
+        best = f"tail (fallback): exponential tail above u = {u:.5g} (top {p_u:.3g}), beta = {beta:.5g}"
+    else:
+        verdict = ("passes" if result["passed"] else "FAILS") + " at 0.05"
+        best = f"{result['distribution']} {_params_text(result['param_names'], result['params'])}"
     lines = [
         f"{title}: {result['n_values']} values, n = {result['n']}",
-        f"  best fit   {result['distribution']} {_params_text(result['param_names'], result['params'])}",
-        f"  KS         p = {result['ks_pvalue']:.3g} ({verdict} at 0.05; "
+        f"  best fit   {best}",
+        f"  KS         p = {result['ks_pvalue']:.3g} ({verdict}; "
         f"tested on {result['ks_sample_size']} values)",
         f"  cutoff     {result['cutoff']:.6g}  (CDF = 1 - 1/{result['n']})",
     ]
@@ -216,21 +245,27 @@ def _text(result: dict, title: str) -> list[str]:
         lines.append(
             f"  robust     {result['n_trimmed']} values above the cutoff trimmed before the final fit"
         )
-    lines.append("  candidates")
+    lines.append(f"  candidates (credible: KS p >= {result['ks_threshold']:g}, no parameter on a bound, "
+                 "cutoff within the extrapolation limit)")
     for c in result["candidates"]:
+        mark = "" if c["credible"] else "  REJECTED"
         lines.append(
             f"    {c['name']:<9} {_params_text(c['param_names'], c['params']):<40} "
-            f"KS D = {c['ks_statistic']:.4f}  p = {c['ks_pvalue']:.3g}"
+            f"KS D = {c['ks_statistic']:.4f}  p = {c['ks_pvalue']:.3g}  cutoff {c['cutoff']:.4g}{mark}"
         )
+        for reason in c["rejected"]:
+            lines.append(f"              {reason}")
     for f in result["failures"]:
         lines.append(f"    {f['name']:<9} fit failed: {f['reason']}")
+    if result["fallback"]:
+        lines.append(f"  fallback   {result['fallback']}")
     return lines
 
 
 # -- the command ------------------------------------------------------------------------------
-def _fit(values, candidates, robust: bool, where: str) -> BestFit:
+def _fit(values, candidates, robust: bool, where: str, n: int, ks_threshold: float) -> BestFit:
     try:
-        return fit_best(values, candidates, robust=robust)
+        return fit_best(values, candidates, robust=robust, n=n, ks_threshold=ks_threshold)
     except (DataError, FitError) as exc:
         raise DataError(f"{where}: {exc}") from None
 
@@ -248,6 +283,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--per-element needs --pred/--ref (the chemical symbols come from the frames)")
     if args.n is not None and args.n < 2:
         raise UserError(f"--n {args.n}: the sampling-set size must be at least 2")
+    if not 0 <= args.ks_threshold <= 1:
+        raise UserError(f"--ks-threshold {args.ks_threshold:g}: expected a p-value between 0 and 1")
     candidates = _candidates(args.candidates)
 
     if from_forces:
@@ -259,15 +296,16 @@ def run(args: argparse.Namespace) -> int:
         where = str(args.values)
         xlabel = "value"
 
-    best = _fit(values, candidates, args.robust, where)
     n = args.n if args.n is not None else values.size
+    best = _fit(values, candidates, args.robust, where, n, args.ks_threshold)
     result = {"source": where, "robust": bool(args.robust), **summary(best, values.size, n)}
 
     elements = {}
     if args.per_element:
         try:
             elements = per_element_cutoffs(
-                values, symbols, n=args.n, candidates=candidates, robust=args.robust
+                values, symbols, n=args.n, candidates=candidates, robust=args.robust,
+                ks_threshold=args.ks_threshold,
             )
         except (DataError, FitError) as exc:
             raise DataError(f"{where}: {exc}") from None

@@ -4,7 +4,8 @@ NumPy and SciPy only (no torch, no ASE): arrays in, values out. Units: force err
 uncertainties σ in eV/Å.
 
 * :mod:`.magnitudes`    per-atom force-error magnitudes
-* :mod:`.distributions` Maxwell / Gamma / generalized-Gamma fits with ``loc = 0`` and KS evidence
+* :mod:`.distributions` Maxwell / Gamma / generalized-Gamma fits with ``loc = 0``, KS evidence,
+  credibility checks and the exponential-tail fallback
 * :mod:`.cutoffs`       minimum cutoff (CDF = 1 - 1/n), maximum cutoff (error bound mapped onto σ)
 * :mod:`.metrics`       confusion counts, precision / recall / F1 and their sweeps over cutoff grids
 * :mod:`.calibration`   calibration curves, miscalibration area, Maxwell negative log-likelihood
@@ -35,14 +36,22 @@ from .cutoffs import (
 from .distributions import (
     DEFAULT_CANDIDATES,
     DISTRIBUTIONS,
+    EXTRAPOLATION_FACTOR,
+    FALLBACK,
     KS_SAMPLE_SIZE,
+    KS_THRESHOLD,
     MIN_VALUES,
     PARAM_NAMES,
     PASS_LEVEL,
     BestFit,
     DistributionFit,
+    Rejection,
+    TailDistribution,
+    check_credibility,
+    extrapolation_limit,
     fit_best,
     fit_distribution,
+    fit_tail,
 )
 from .magnitudes import force_error_magnitudes
 from .metrics import (
@@ -67,17 +76,25 @@ __all__ = [
     "DISTRIBUTIONS",
     "DistributionFit",
     "ElementCutoff",
+    "EXTRAPOLATION_FACTOR",
+    "FALLBACK",
     "KS_SAMPLE_SIZE",
+    "KS_THRESHOLD",
     "MIN_VALUES",
     "PARAM_NAMES",
     "PASS_LEVEL",
+    "Rejection",
+    "TailDistribution",
     "calibration_curve",
+    "check_credibility",
     "confusion",
     "cutoff_grid",
     "error_to_uncertainty",
+    "extrapolation_limit",
     "f1_score",
     "fit_best",
     "fit_distribution",
+    "fit_tail",
     "force_error_magnitudes",
     "gaussian_calibration",
     "gaussian_pit",

@@ -7,6 +7,10 @@ Pure functions, arrays in and values out. The method (paper §2–3):
 * the **uncertainty fit** is the best (highest KS p-value) of the candidate families fitted to the
   validation uncertainties σ; its cutoff at the same ``n`` is the **minimum** cutoff: σ below it
   is trusted;
+* both fits must be **credible** at this ``n`` (:func:`~otf_statcut.stats.distributions.fit_best`:
+  no parameter on a search bound, cutoff within the extrapolation limit, KS p-value at least
+  ``ks_threshold``); a fit without a credible candidate is the ``"tail"`` fallback (empirical
+  body, exponential tail), and ``CutoffSet.fallbacks`` says which and why;
 * the **maximum** cutoff carries an error-scale bound (``max_error``, default 1 eV/Å, the paper's
   stability limit) onto the uncertainty scale with the linear map fixed by two points of the two
   fitted distributions:
@@ -39,12 +43,14 @@ from ..errors import DataError, FitError, UserError
 from ._validate import as_nonnegative, same_length
 from .distributions import (
     DEFAULT_CANDIDATES,
+    EXTRAPOLATION_FACTOR,
     KS_SAMPLE_SIZE,
+    KS_THRESHOLD,
     SEED,
     BestFit,
     DistributionFit,
+    Rejection,
     fit_best,
-    fit_distribution,
 )
 
 #: Error-scale bound (eV/Å) mapped onto the uncertainty scale as the maximum cutoff.
@@ -73,6 +79,11 @@ class CutoffSet:
         Error-scale bound, eV/Å.
     uncertainty_candidates : tuple of DistributionFit
         KS evidence of every uncertainty candidate (empty if not recorded).
+    error_fallback, uncertainty_fallback : str
+        Why the error / uncertainty fit is the ``"tail"`` fallback (no credible candidate, see
+        :func:`~otf_statcut.stats.distributions.fit_best`); empty when it is not.
+    error_rejections, uncertainty_rejections : tuple of Rejection
+        The credibility rules the candidates of each fit failed (empty if none or not recorded).
     """
 
     error_fit: DistributionFit
@@ -83,14 +94,39 @@ class CutoffSet:
     maximum: float
     max_error: float = DEFAULT_MAX_ERROR
     uncertainty_candidates: tuple[DistributionFit, ...] = field(default=(), repr=False)
+    error_fallback: str = field(default="", repr=False)
+    uncertainty_fallback: str = field(default="", repr=False)
+    error_rejections: tuple[Rejection, ...] = field(default=(), repr=False)
+    uncertainty_rejections: tuple[Rejection, ...] = field(default=(), repr=False)
 
     @property
     def clamped(self) -> bool:
         """True when ``max_error`` is below the error cutoff, so ``maximum`` was set to ``minimum``."""
         return bool(self.max_error < self.error_cutoff)
 
+    @property
+    def fallbacks(self) -> dict[str, str]:
+        """``{"error": reason, "uncertainty": reason}`` for the fits that are the tail fallback
+        (empty when both fits are credible candidates)."""
+        out = {}
+        if self.error_fallback or self.error_fit.is_fallback:
+            out["error"] = self.error_fallback or "tail fallback"
+        if self.uncertainty_fallback or self.uncertainty_fit.is_fallback:
+            out["uncertainty"] = self.uncertainty_fallback or "tail fallback"
+        return out
+
+    @property
+    def fallback(self) -> bool:
+        """True when either fit is the tail fallback."""
+        return bool(self.fallbacks)
+
     def to_dict(self) -> dict:
-        """Plain, JSON-ready summary."""
+        """Plain, JSON-ready summary (``fallbacks``, ``error_rejections`` and
+        ``uncertainty_rejections`` say which fits are the fallback and which candidates were
+        rejected, and why; each uncertainty candidate carries its ``rejected`` reasons)."""
+        rejected = {}
+        for r in self.uncertainty_rejections:
+            rejected.setdefault(r.name, []).append(f"{r.rule}: {r.reason}")
         return {
             "n": int(self.n),
             "error_cutoff": float(self.error_cutoff),
@@ -100,7 +136,12 @@ class CutoffSet:
             "clamped": self.clamped,
             "error_fit": self.error_fit.to_dict(),
             "uncertainty_fit": self.uncertainty_fit.to_dict(),
-            "uncertainty_candidates": [fit.to_dict() for fit in self.uncertainty_candidates],
+            "uncertainty_candidates": [
+                {**fit.to_dict(), "rejected": rejected.get(fit.name, [])} for fit in self.uncertainty_candidates
+            ],
+            "fallbacks": self.fallbacks,
+            "error_rejections": [r.to_dict() for r in self.error_rejections],
+            "uncertainty_rejections": [r.to_dict() for r in self.uncertainty_rejections],
         }
 
 
@@ -193,8 +234,17 @@ def statistical_cutoffs(
     clamp: bool = True,
     ks_sample_size: int = KS_SAMPLE_SIZE,
     seed: int = SEED,
+    ks_threshold: float = KS_THRESHOLD,
+    extrapolation_factor: float = EXTRAPOLATION_FACTOR,
+    fallback: bool = True,
 ) -> CutoffSet:
     """Fit errors and uncertainties of a validation set and derive the minimum and maximum cutoffs.
+
+    Both fits go through the credibility check of
+    :func:`~otf_statcut.stats.distributions.fit_best` at this ``n``: the Maxwell error fit (KS
+    threshold and extrapolation rule; it has no search bound) and every uncertainty candidate.
+    A fit with no credible candidate is the ``"tail"`` fallback, recorded in
+    ``CutoffSet.error_fallback`` / ``uncertainty_fallback``.
 
     Parameters
     ----------
@@ -213,14 +263,26 @@ def statistical_cutoffs(
         Trimmed refits for both fits (see :func:`~otf_statcut.stats.distributions.fit_distribution`).
     clamp, ks_sample_size, seed
         See :func:`maximum_cutoff` and :func:`~otf_statcut.stats.distributions.fit_distribution`.
+    ks_threshold, extrapolation_factor, fallback
+        Credibility check and fallback, as in :func:`~otf_statcut.stats.distributions.fit_best`.
 
     Returns
     -------
     CutoffSet
+
+    Raises
+    ------
+    FitError
+        A fit failed, or (``fallback=False``) has no credible candidate; see also
+        :func:`maximum_cutoff`.
     """
-    error_fit = fit_distribution(errors, "maxwell", robust=robust, ks_sample_size=ks_sample_size, seed=seed)
-    best = fit_best(sigmas, candidates, robust=robust, ks_sample_size=ks_sample_size, seed=seed)
-    uncertainty_fit = best.best
+    credibility = dict(
+        robust=robust, ks_sample_size=ks_sample_size, seed=seed, n=n, ks_threshold=ks_threshold,
+        extrapolation_factor=extrapolation_factor, fallback=fallback,
+    )
+    error_best = fit_best(errors, ("maxwell",), **credibility)
+    best = fit_best(sigmas, candidates, **credibility)
+    error_fit, uncertainty_fit = error_best.best, best.best
     maximum = maximum_cutoff(error_fit, uncertainty_fit, n, max_error, clamp=clamp)
     return CutoffSet(
         error_fit=error_fit,
@@ -231,6 +293,10 @@ def statistical_cutoffs(
         maximum=maximum,
         max_error=float(max_error),
         uncertainty_candidates=best.candidates,
+        error_fallback=error_best.fallback,
+        uncertainty_fallback=best.fallback,
+        error_rejections=error_best.rejections,
+        uncertainty_rejections=best.rejections,
     )
 
 
@@ -267,6 +333,9 @@ def per_element_cutoffs(
     *,
     ks_sample_size: int = KS_SAMPLE_SIZE,
     seed: int = SEED,
+    ks_threshold: float = KS_THRESHOLD,
+    extrapolation_factor: float = EXTRAPOLATION_FACTOR,
+    fallback: bool = True,
 ) -> dict[str, ElementCutoff]:
     """Fit each chemical species separately and give its cutoff.
 
@@ -278,8 +347,9 @@ def per_element_cutoffs(
         Chemical symbol of each value.
     n : int, mapping of symbol to int, or None
         Sampling-set size; None means the number of values of that species.
-    candidates, robust, ks_sample_size, seed
-        As in :func:`~otf_statcut.stats.distributions.fit_best`.
+    candidates, robust, ks_sample_size, seed, ks_threshold, extrapolation_factor, fallback
+        As in :func:`~otf_statcut.stats.distributions.fit_best` (the credibility check runs at each
+        species' ``n``; ``ElementCutoff.fit.fallback`` says when a species got the tail fallback).
 
     Returns
     -------
@@ -293,11 +363,15 @@ def per_element_cutoffs(
     as_nonnegative(values, "values")
     result = {}
     for symbol, group in group_by_symbol(values, symbols).items():
+        n_symbol = _n_for(n, symbol, group.size)
         try:
-            fit = fit_best(group, candidates, robust=robust, ks_sample_size=ks_sample_size, seed=seed)
+            fit = fit_best(
+                group, candidates, robust=robust, ks_sample_size=ks_sample_size, seed=seed,
+                n=n_symbol if n_symbol > 1 else None, ks_threshold=ks_threshold,
+                extrapolation_factor=extrapolation_factor, fallback=fallback,
+            )
         except (DataError, FitError) as exc:
             raise type(exc)(f"element {symbol}: {exc}") from None
-        n_symbol = _n_for(n, symbol, group.size)
         result[symbol] = ElementCutoff(symbol=symbol, fit=fit, n=n_symbol, cutoff=fit.cutoff(n_symbol))
     return result
 
@@ -314,8 +388,13 @@ def per_element_statistical_cutoffs(
     clamp: bool = True,
     ks_sample_size: int = KS_SAMPLE_SIZE,
     seed: int = SEED,
+    ks_threshold: float = KS_THRESHOLD,
+    extrapolation_factor: float = EXTRAPOLATION_FACTOR,
+    fallback: bool = True,
 ) -> dict[str, CutoffSet]:
-    """:func:`statistical_cutoffs` for each chemical species; ``errors``, ``sigmas``, ``symbols`` per atom."""
+    """:func:`statistical_cutoffs` for each chemical species; ``errors``, ``sigmas``, ``symbols`` per atom.
+
+    The credibility check and fallback run per species at that species' ``n``."""
     errors = as_nonnegative(errors, "errors")
     sigmas = as_nonnegative(sigmas, "sigmas")
     same_length(errors, sigmas, "errors", "sigmas")
@@ -334,6 +413,9 @@ def per_element_statistical_cutoffs(
                 clamp=clamp,
                 ks_sample_size=ks_sample_size,
                 seed=seed,
+                ks_threshold=ks_threshold,
+                extrapolation_factor=extrapolation_factor,
+                fallback=fallback,
             )
         except (DataError, FitError) as exc:
             raise type(exc)(f"element {symbol}: {exc}") from None

@@ -16,6 +16,22 @@ minimiser is closed-form, ``A² = Σ (e_i/s_i)² / (3n)``
 Subclasses implement four hooks: ``_fit`` (head-specific training), ``_raw_sigma`` (the
 uncalibrated σ), ``_state`` / ``_set_state`` (arrays and tensors to save) and, if the head
 calibrates in another way than one prefactor, ``_calibrate``.
+
+**Bounded σ.** Every head's σ is finite and at most ``sigma_bound_`` (eV/Å), an attribute set
+at fit time by the ``_sigma_bound`` hook, saved with the head, and applied in :meth:`predict`
+after the calibration (``σ = min(A·raw, sigma_bound_)``). Far from the data a head extrapolates
+(a GP returns to its prior, a latent distance grows linearly); beyond one decade
+(``FAR_FACTOR``) above the error scale the head was fitted on, σ carries no information the
+decision needs — such an atom is already above the minimum cutoff, which a credible fit of the
+validation σ puts at most ``EXTRAPOLATION_FACTOR`` (2.5) × their largest value × max(1, ln n /
+ln m), below one decade whenever ln n / ln m < 4 (n < 1e8 for m = 100 validation atoms) — but
+an unbounded σ still distorts fits, plots and metrics (one GP σ of 1467 eV/Å was seen). Each head states
+its bound: sparse GP and latent distance in their docstrings; the ensemble needs none (its σ
+is at most the largest distance between two members' force vectors, times A) and keeps
+``sigma_bound_ = inf``; the oracle and random heads likewise. A σ that is NaN because the
+potential's own output (forces, features) is not finite stays NaN, and
+:func:`otf_statcut.engine.decision.decide` halts on it; it is never replaced by a number that
+could be trusted.
 """
 
 from __future__ import annotations
@@ -41,6 +57,9 @@ SETTINGS_FILE = "head.json"
 STATE_FILE = "state.pt"
 #: Smallest σ (eV/Å) a head returns; keeps the Maxwell likelihood finite.
 SIGMA_FLOOR = 1e-8
+#: Heads that extrapolate cap σ at this factor above the error scale they were fitted on (one
+#: decade; see the module notes and each head's docstring).
+FAR_FACTOR = 10.0
 
 
 # --------------------------------------------------------------------------- Maxwell likelihood
@@ -127,6 +146,9 @@ class UncertaintyHead(ABC):
         Calibration prefactor ``A`` (σ = A · raw σ); 1.0 for heads that calibrate otherwise.
     nll_uncalibrated_, nll_calibrated_ : float
         Mean Maxwell NLL on the validation errors before and after calibration.
+    sigma_bound_ : float
+        Largest σ (eV/Å) :meth:`predict` returns (``inf`` for heads that cannot diverge); see the
+        module notes.
     """
 
     #: Registry name (``make_head``); set by each subclass.
@@ -140,6 +162,7 @@ class UncertaintyHead(ABC):
         self.scale_ = 1.0
         self.nll_uncalibrated_ = math.nan
         self.nll_calibrated_ = math.nan
+        self.sigma_bound_ = math.inf
 
     # ---------------------------------------------------------------- public interface
     def fit(self, potential, train_frames: Sequence, val_frames: Sequence, *,
@@ -167,15 +190,19 @@ class UncertaintyHead(ABC):
         self._fit(train_frames, train_predictions, val_frames, val_predictions)
         errors = np.concatenate(error_magnitudes(val_frames, val_predictions))
         self.scale_ = 1.0
+        self.sigma_bound_ = math.inf
         raw = np.concatenate(self._raw_sigma(val_frames, val_predictions))
         self.nll_uncalibrated_ = _nll(errors, raw)
         self._calibrate(errors, val_frames, val_predictions, raw)
+        self.sigma_bound_ = float(self._sigma_bound(val_frames, val_predictions))
         calibrated = np.concatenate(self.predict(val_frames, val_predictions))
         self.nll_calibrated_ = _nll(errors, calibrated)
         return self
 
     def predict(self, frames: Sequence, predictions: Sequence | None = None) -> list[np.ndarray]:
-        """Per frame, per-atom σ in eV/Å.
+        """Per frame, per-atom σ in eV/Å, in ``[SIGMA_FLOOR, sigma_bound_]``.
+
+        NaN where the potential's output for the atom is not finite (``decide`` halts on it).
 
         Parameters
         ----------
@@ -187,7 +214,8 @@ class UncertaintyHead(ABC):
         self._check_fitted()
         predictions = self._predictions(frames, predictions)
         raw = self._raw_sigma(frames, predictions)
-        return [np.maximum(self.scale_ * r, SIGMA_FLOOR) for r in raw]
+        bound = getattr(self, "sigma_bound_", math.inf)
+        return [np.clip(self.scale_ * np.asarray(r, dtype=np.float64), SIGMA_FLOOR, bound) for r in raw]
 
     def save(self, directory) -> Path:
         """Write the head to ``directory`` (``head.json`` + ``state.pt``); the potential is not saved."""
@@ -201,6 +229,7 @@ class UncertaintyHead(ABC):
             "scale": self.scale_,
             "nll_uncalibrated": self.nll_uncalibrated_,
             "nll_calibrated": self.nll_calibrated_,
+            "sigma_bound": self.sigma_bound_,
         }
         (directory / SETTINGS_FILE).write_text(json.dumps(meta, indent=2, allow_nan=True))
         torch.save(self._state(directory), directory / STATE_FILE)
@@ -226,6 +255,9 @@ class UncertaintyHead(ABC):
         head.nll_calibrated_ = float(meta["nll_calibrated"])
         state = torch.load(directory / STATE_FILE, weights_only=True)
         head._set_state(state, directory)
+        # heads saved before sigma_bound existed: the head's own bound where its state gives it
+        saved_bound = meta.get("sigma_bound")
+        head.sigma_bound_ = float(saved_bound) if saved_bound is not None else float(head._sigma_bound(None, None))
         return head
 
     def __repr__(self) -> str:
@@ -244,6 +276,11 @@ class UncertaintyHead(ABC):
     def _calibrate(self, errors: np.ndarray, val_frames, val_predictions, raw: np.ndarray) -> None:
         """Default calibration: one prefactor by Maxwell maximum likelihood."""
         self.scale_ = maxwell_scale_factor(errors, raw)
+
+    def _sigma_bound(self, val_frames, val_predictions) -> float:
+        """Largest σ (eV/Å, after calibration) the head may return; called after calibration,
+        and with ``None, None`` when loading a head saved without it. Default: ``inf``."""
+        return math.inf
 
     def _state(self, directory: Path) -> dict:
         """Tensors/arrays to save (torch.save-able with weights_only loading)."""

@@ -10,6 +10,14 @@ with ``σ_0`` and the ``σ_i`` fitted per element by minimising the Maxwell nega
 log-likelihood of the validation force-error magnitudes (validation atoms are not in the
 training set, so their distances are informative; training atoms have ``d = 0``).
 
+Bound. σ grows linearly with the latent distance, without limit: a configuration whose
+features lie far outside the training set (or a diverging potential) gets an arbitrarily large
+σ. The weights are calibrated on the validation atoms only, so the linear law is supported up to
+the farthest of them; σ is capped per element at ``FAR_FACTOR`` (10) times the largest σ of that
+element's validation atoms (``LatentDistance.bound_``, the head's ``sigma_bound_`` is the
+largest): one decade of extrapolation in latent distance, beyond which any atom is already far
+above the minimum cutoff fitted to those validation σ (``otf_statcut.uq.base``, "Bounded σ").
+
 Nearest neighbours are found with a KD-tree (``scipy.spatial.cKDTree``, exact) by default, or
 by blocked brute force in torch (one matrix product per block, ``|y|² − 2 x·y``, bounded memory,
 linear cost); the chosen neighbour's differences are computed in float64. Latent features have a
@@ -27,6 +35,7 @@ from scipy.spatial import cKDTree
 
 from ..errors import ConfigError, DataError
 from .base import (
+    FAR_FACTOR,
     UncertaintyHead,
     element_groups,
     features_of,
@@ -106,9 +115,16 @@ class NearestNeighbourIndex:
         return best.numpy()
 
     def differences(self, x: np.ndarray) -> np.ndarray:
-        """Componentwise ``|x − nearest reference|`` in float64, shape (n, F)."""
+        """Componentwise ``|x − nearest reference|`` in float64, shape (n, F); NaN rows for
+        query vectors that are not finite (a diverged potential: the engine halts on NaN σ)."""
         x = np.asarray(x, dtype=np.float64)
-        return np.abs(x - self.reference[self.query(x)])
+        finite = np.isfinite(x).all(axis=1)
+        if finite.all():
+            return np.abs(x - self.reference[self.query(x)])
+        out = np.full(x.shape, np.nan)
+        if finite.any():
+            out[finite] = np.abs(x[finite] - self.reference[self.query(x[finite])])
+        return out
 
 
 def _inv_softplus(y: float | np.ndarray) -> np.ndarray:
@@ -170,8 +186,10 @@ class LatentDistance:
     """Per-element latent-distance σ on arrays (no potential involved).
 
     Use :meth:`fit_reference` with the training latent features, then :meth:`fit_weights`
-    with held-out features and their error magnitudes; :meth:`sigma` then gives σ (eV/Å).
-    Before :meth:`fit_weights`, σ is the unweighted L1 distance (σ_0 = 0, σ_i = 1).
+    with held-out features and their error magnitudes; :meth:`sigma` then gives σ (eV/Å), at
+    most ``bound_[z]`` = ``FAR_FACTOR`` × the largest σ of element z's held-out atoms (module
+    notes). Before :meth:`fit_weights`, σ is the unweighted L1 distance (σ_0 = 0, σ_i = 1) and
+    unbounded.
 
     Parameters
     ----------
@@ -187,6 +205,7 @@ class LatentDistance:
         self.index_: dict[int, NearestNeighbourIndex] = {}
         self.sigma0_: dict[int, float] = {}
         self.weights_: dict[int, np.ndarray] = {}
+        self.bound_: dict[int, float] = {}
 
     def fit_reference(self, features: np.ndarray, numbers: np.ndarray) -> LatentDistance:
         """Store the training latent vectors, per element; resets the weights to unit L1."""
@@ -196,6 +215,7 @@ class LatentDistance:
         n_features = features.shape[1]
         self.sigma0_ = {z: 0.0 for z in self.index_}
         self.weights_ = {z: np.ones(n_features) for z in self.index_}
+        self.bound_ = {z: np.inf for z in self.index_}
         return self
 
     def differences(self, features: np.ndarray, numbers: np.ndarray) -> np.ndarray:
@@ -214,6 +234,8 @@ class LatentDistance:
         errors = np.asarray(errors, dtype=np.float64).ravel()
         for z, idx in element_groups(numbers).items():
             self.sigma0_[z], self.weights_[z] = fit_distance_weights(d[idx], errors[idx], self.max_iter)
+            held_out = self.sigma0_[z] + d[idx] @ self.weights_[z]
+            self.bound_[z] = float(FAR_FACTOR * np.max(held_out))
         return self
 
     def sigma(self, features: np.ndarray, numbers: np.ndarray) -> np.ndarray:
@@ -221,7 +243,7 @@ class LatentDistance:
         d = self.differences(features, numbers)
         out = np.empty(d.shape[0], dtype=np.float64)
         for z, idx in element_groups(numbers).items():
-            out[idx] = self.sigma0_[z] + d[idx] @ self.weights_[z]
+            out[idx] = np.minimum(self.sigma0_[z] + d[idx] @ self.weights_[z], self.bound_.get(z, np.inf))
         return out
 
     # ---------------------------------------------------------------- persistence
@@ -232,6 +254,7 @@ class LatentDistance:
             state[f"reference_{z}"] = torch.as_tensor(self.index_[z].reference)
             state[f"sigma0_{z}"] = torch.tensor(self.sigma0_[z], dtype=torch.float64)
             state[f"weights_{z}"] = torch.as_tensor(self.weights_[z], dtype=torch.float64)
+            state[f"bound_{z}"] = torch.tensor(self.bound_.get(z, np.inf), dtype=torch.float64)
         return state
 
     def set_state(self, state: dict) -> LatentDistance:
@@ -241,6 +264,8 @@ class LatentDistance:
                        for z in elements}
         self.sigma0_ = {z: float(state[f"sigma0_{z}"]) for z in elements}
         self.weights_ = {z: state[f"weights_{z}"].numpy().copy() for z in elements}
+        # heads saved before the bound existed have none: unbounded, as they were
+        self.bound_ = {z: float(state[f"bound_{z}"]) if f"bound_{z}" in state else np.inf for z in elements}
         return self
 
 
@@ -255,7 +280,8 @@ class DistanceHead(UncertaintyHead):
     ``fit`` stores the training frames' latent features as the reference set and calibrates
     σ_0, σ_i (per element) by Maxwell NLL on the validation frames; the "uncalibrated" σ whose
     NLL is reported in ``nll_uncalibrated_`` is the plain L1 distance (σ_0 = 0, σ_i = 1).
-    ``scale_`` stays 1.
+    ``scale_`` stays 1. σ is capped per element at ten times the element's largest validation σ
+    (``sigma_bound_`` is the largest of those caps; module notes, "Bound").
 
     Parameters
     ----------
@@ -285,6 +311,9 @@ class DistanceHead(UncertaintyHead):
     def _raw_sigma(self, frames, predictions) -> list[np.ndarray]:
         sigma = self.model_.sigma(*_concat_features(frames, predictions))
         return split(sigma, frames)
+
+    def _sigma_bound(self, val_frames, val_predictions) -> float:
+        return max(self.model_.bound_.values(), default=np.inf)
 
     def _state(self, directory) -> dict:
         return self.model_.state()

@@ -8,6 +8,11 @@ standard deviations (population form, divided by ``n``, as in eq. 1),
 
 with ``A`` fitted by Maxwell NLL on validation errors.
 
+Bound: σ needs no cap (``sigma_bound_ = inf``). The spread is at most the largest distance
+between two members' force vectors, ``σ/A ≤ max_{j,k} |f_j − f_k|`` (the mean ``f̄`` lies in the
+members' convex hull, so every ``|f_j − f̄|`` is at most that), so it is finite whenever the
+members' forces are; a member with non-finite forces gives NaN, on which the engine halts.
+
 Member 0 **is the given potential** (the one whose forces drive the MD); members ``1 … n−1`` are
 copies built with the potential's :class:`~otf_statcut.mlip.ModelConfig` and seeds
 ``config.seed + k``, trained on the same frames with the head's own ``TrainConfig``. So ``n = 4``
@@ -39,12 +44,14 @@ def ensemble_spread(forces: np.ndarray) -> np.ndarray:
     Returns
     -------
     ndarray, shape (n_atoms,)
-        ``sqrt(Σ_xyz var_members)`` in eV/Å (population variance).
+        ``sqrt(Σ_xyz var_members)`` in eV/Å (population variance); at most the largest distance
+        between two members' force vectors, NaN for an atom with non-finite member forces.
     """
     forces = np.asarray(forces, dtype=np.float64)
     if forces.ndim != 3 or forces.shape[2] != 3 or forces.shape[0] < 2:
         raise ValueError(f"ensemble forces must have shape (n_members >= 2, n_atoms, 3), got {forces.shape}")
-    return np.sqrt(np.sum(np.var(forces, axis=0), axis=1))
+    with np.errstate(invalid="ignore"):  # non-finite member forces: NaN on purpose (the engine halts)
+        return np.sqrt(np.sum(np.var(forces, axis=0), axis=1))
 
 
 def _train_config(value):

@@ -25,6 +25,28 @@ training as an atom leaves the data; near the data the posterior follows the dat
 validation NLL is the same to 1e-4 on mlearn Li), and the kernel's output scale starts at the
 squared gap between that maximum and the mean so the posterior can reach down to the data.
 
+Bound. The posterior-mean scale ``exp(μ + v/2)`` is a log-normal mean: with the latent
+variance ``v`` large it is set by the far tail of the GP's belief, not by anything observed.
+Far from the data ``v`` returns to the prior variance (the kernel's output scale), which the
+``"max"`` prior starts at the squared gap between the largest and the mean training log-error
+(and exact-zero errors, floored at ``ERROR_FLOOR``, widen that gap): an output scale of 15
+multiplies σ by ``e^7.5 ≈ 1800`` — the 1467 eV/Å seen in a run. The head therefore evaluates
+
+.. math::  s(x) = \\exp\\big(\\min(μ, c_{hi}) + \\min(v, s_0^2, 2\\ln F)/2 − E[\\log r]\\big),
+
+with ``c_hi`` = the larger of the prior mean and the largest training log-error, ``s_0²`` the
+output scale (prior variance) and ``F = FAR_FACTOR = 10``. Each cap has a reason: an exact GP's
+posterior variance never exceeds its prior variance (the variational one can, when its
+covariance S exceeds the prior's); a posterior mean above both the prior mean and every observed
+log-error is the kernel expansion overshooting, not data; and the log-normal factor
+``exp(v/2)`` is held to one decade — above ``v = 2 ln 10 ≈ 4.6`` (a log-error standard deviation
+over 2.1, i.e. the GP cannot place the error within a factor 8 either way) it only says "unknown",
+which one decade above the worst training error scale already says. Near the data
+(``v`` ≪ 1, μ below the largest observation) nothing changes. So σ never exceeds
+``sigma_bound_ = A · max_elements exp(c_hi + min(s_0², 2 ln F)/2 − E[log r])``: at most ten times
+the calibrated Maxwell scale for which the largest training error is typical, the value an atom
+the GP knows nothing about gets.
+
 Inducing points start at k-means centres of the training features (``scipy.cluster.vq.kmeans2``,
 seeded) and are optimised with the kernel and variational parameters by Adam on the
 variational ELBO (``iterations`` steps, default 1000, mini-batches of ``batch_size`` atoms).
@@ -44,7 +66,7 @@ import torch
 from scipy.cluster.vq import kmeans2
 
 from ..errors import ConfigError, DataError
-from .base import UncertaintyHead, element_groups, error_magnitudes, missing_element_error, split
+from .base import FAR_FACTOR, UncertaintyHead, element_groups, error_magnitudes, missing_element_error, split
 from .distance import _concat_features
 
 #: dtype of every GP tensor.
@@ -55,6 +77,8 @@ MAXWELL_LOG_MEAN = 0.5 * (float(scipy.special.digamma(1.5)) + math.log(2.0))
 ERROR_FLOOR = 1e-6
 #: Allowed values of ``prior_mean``: fixed at the largest training log-error, or learned.
 PRIOR_MEANS = ("max", "mean")
+#: Largest latent variance in the log-normal factor exp(v/2) of the scale: one decade.
+LOG_VARIANCE_CAP = 2.0 * math.log(FAR_FACTOR)
 
 
 def resolve_strategy(strategy) -> type:
@@ -190,6 +214,7 @@ class ElementGP:
         self.likelihood_: gpytorch.likelihoods.GaussianLikelihood | None = None
         self.x_mean_: torch.Tensor | None = None
         self.x_std_: torch.Tensor | None = None
+        self.y_max_: float = math.nan
         self.loss_history_: list[float] = []
         self._posterior: WhitenedPosterior | None = None
 
@@ -212,6 +237,7 @@ class ElementGP:
         self.x_std_ = torch.as_tensor(np.maximum(features.std(axis=0), 1e-8), dtype=DTYPE)
         x = self._standardise(features)
         y = torch.as_tensor(np.log(np.maximum(errors, ERROR_FLOOR)), dtype=DTYPE)
+        self.y_max_ = float(y.max())
 
         k = min(self.num_inducing, n)
         with warnings.catch_warnings():
@@ -269,10 +295,34 @@ class ElementGP:
             f = self.model_(x)
             return f.mean.numpy(), f.variance.numpy()
 
+    def _prior(self) -> tuple[float, float]:
+        """(prior mean constant, prior variance = kernel output scale) of the trained model."""
+        with torch.no_grad():
+            constant = float(self.model_.mean_module.constant.detach().reshape(()))
+            outputscale = float(self.model_.covar_module.outputscale.detach().reshape(()))
+        return constant, outputscale
+
+    def _caps(self) -> tuple[float, float]:
+        """(largest latent mean, largest latent variance) used by :meth:`scale`."""
+        constant, outputscale = self._prior()
+        y_max = self.y_max_ if math.isfinite(self.y_max_) else constant  # heads saved without y_max
+        return max(constant, y_max), min(outputscale, LOG_VARIANCE_CAP)
+
+    @property
+    def bound_(self) -> float:
+        """Largest value :meth:`scale` returns (eV/Å, before the head's calibration prefactor):
+        ``exp(c_hi + min(s_0², 2 ln FAR_FACTOR)/2 − E[log r])`` (module notes)."""
+        if self.model_ is None:
+            raise DataError("the GP is not fitted")
+        mu_cap, var_cap = self._caps()
+        return float(math.exp(mu_cap + 0.5 * var_cap - MAXWELL_LOG_MEAN))
+
     def scale(self, features: np.ndarray) -> np.ndarray:
-        """Posterior-mean Maxwell scale ``exp(μ + v/2 − E[log r])`` in eV/Å, shape (n,)."""
+        """Posterior-mean Maxwell scale ``exp(μ + v/2 − E[log r])`` in eV/Å, shape (n,), with
+        μ and v capped as in the module notes (so at most :attr:`bound_`)."""
         mu, var = self.latent(features)
-        return np.exp(mu + 0.5 * var - MAXWELL_LOG_MEAN)
+        mu_cap, var_cap = self._caps()
+        return np.exp(np.minimum(mu, mu_cap) + 0.5 * np.minimum(var, var_cap) - MAXWELL_LOG_MEAN)
 
     # ---------------------------------------------------------------- persistence
     def state(self) -> dict:
@@ -282,12 +332,14 @@ class ElementGP:
             "likelihood": self.likelihood_.state_dict(),
             "x_mean": self.x_mean_,
             "x_std": self.x_std_,
+            "y_max": torch.tensor(self.y_max_, dtype=DTYPE),
         }
 
     def set_state(self, state: dict) -> ElementGP:
         """Restore what :meth:`state` returned."""
         self.x_mean_ = state["x_mean"].to(DTYPE)
         self.x_std_ = state["x_std"].to(DTYPE)
+        self.y_max_ = float(state["y_max"]) if "y_max" in state else math.nan  # older saves: no y_max
         inducing = state["model"]["variational_strategy.inducing_points"]
         self._build(torch.zeros_like(inducing, dtype=DTYPE))
         self.model_.load_state_dict(state["model"])
@@ -300,7 +352,9 @@ class SparseGPHead(UncertaintyHead):
     """Sparse-GP head: one :class:`ElementGP` per element on the potential's latent features.
 
     Trained on the training frames' per-atom error magnitudes, calibrated (prefactor A) on the
-    validation frames.
+    validation frames. σ is at most ``sigma_bound_ = A · max_z gps_[z].bound_``: ten times
+    (``FAR_FACTOR``) the calibrated Maxwell scale at which the largest training error is typical,
+    or less (module notes, "Bound"); an atom far from every training atom gets that value.
 
     Parameters
     ----------
@@ -347,6 +401,9 @@ class SparseGPHead(UncertaintyHead):
                 raise missing_element_error(z, "sparse-GP head")
             out[idx] = self.gps_[z].scale(features[idx])
         return split(out, frames)
+
+    def _sigma_bound(self, val_frames, val_predictions) -> float:
+        return self.scale_ * max(gp.bound_ for gp in self.gps_.values()) if self.gps_ else math.inf
 
     def _json_settings(self) -> dict:
         return {"strategy": self.strategy.__name__, **self.settings}

@@ -40,7 +40,7 @@ def test_save_load_gives_identical_predictions(trained, tmp_path):
     potential, data = trained
     potential.save(tmp_path / "model")
     names = sorted(p.name for p in (tmp_path / "model").iterdir())
-    assert names == ["history.json", "potential.json", "weights.pt"]
+    assert names == ["history.json", "optimizer.pt", "potential.json", "weights.pt"]
     loaded = NequIPPotential.load(tmp_path / "model", species=["Li"])
     assert loaded.config == potential.config and loaded.statistics == potential.statistics
     for a, b in zip(potential.predict(data), loaded.predict(data)):

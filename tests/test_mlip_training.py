@@ -103,7 +103,11 @@ def test_warm_start_continues_cold_start_rebuilds(data):
     assert warm.history.initial_val_loss < 0.5 * cold.history.initial_val_loss
     # from scratch = the seeded initial model, statistics recomputed from the training frames
     assert cold.history.initial_val_loss == pytest.approx(loss_of(fresh, data["val"], config), rel=1e-6)
-    assert warm.history.best_val_loss <= best
+    # a warm fit fine-tunes: it returns an epoch >= 1 (never the starting weights), so its loss
+    # may end above the start (tests/test_mlip_retrain.py); it stays far below a fresh model's
+    assert warm.history.warm_start and not cold.history.warm_start
+    assert warm.history.best_epoch >= 1 and warm.history.weights_changed
+    assert warm.history.best_val_loss < 0.5 * cold.history.initial_val_loss
 
 
 def test_stress_labels_are_fitted_and_optional(data):

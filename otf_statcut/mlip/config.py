@@ -150,6 +150,28 @@ class TrainConfig:
         Seed of the batch shuffling.
     progress : bool
         Show a tqdm progress bar over epochs (off by default for library use).
+    warm_learning_rate : float or None
+        Learning rate a *warm* fit (fine-tuning an already trained potential) ramps up to;
+        None (default): ``learning_rate``. Cold fits always start at ``learning_rate``.
+    warm_ramp_epochs : int
+        Warm fits only: raise the learning rate linearly, optimiser step by optimiser step, from
+        ``rate / steps`` to the full rate over the first this-many epochs (0, the default: no
+        ramp). Neither the plateau schedule nor early stopping acts during the ramp.
+    warm_carry_optimizer : bool
+        Keep Adam's state at the returned weights on the potential after a fit (saved as
+        ``optimizer.pt``), and let a warm fit continue from the kept moments instead of a fresh
+        Adam; the learning rate is still the warm one. A warm fit finding no kept state (the
+        previous fit did not keep one, or the file was missing or unusable) starts a fresh
+        Adam. Default True.
+
+    Warm fits also never return the starting weights: the returned weights are those of the
+    best epoch >= 1 (cold fits may return epoch 0, the initial weights). The warm defaults were
+    chosen by ``benchmarks/bench_warm_retrain.py`` (results in
+    ``benchmarks/results/warm_retrain.json``): the full rate with the carried Adam state tied
+    for the best held-out force MAE of the schemes tried and lowered the new frames' errors
+    most; a lower warm rate (0.003, 0.001) left those errors nearly unchanged, and a ramp makes
+    epoch 1 (tiny steps) the selected epoch whenever the validation frames do not include new
+    ones, which hands back nearly the old weights.
     """
 
     max_epochs: int = 200
@@ -165,6 +187,9 @@ class TrainConfig:
     max_seconds: float | None = None
     seed: int = 0
     progress: bool = False
+    warm_learning_rate: float | None = None
+    warm_ramp_epochs: int = 0
+    warm_carry_optimizer: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_epochs", "batch_size", "lr_patience", "patience"):
@@ -184,6 +209,19 @@ class TrainConfig:
                "a positive number of seconds or null")
         _check(_is_int(self.seed), "seed", self.seed, "an integer")
         _check(isinstance(self.progress, bool), "progress", self.progress, "true or false")
+        _check(self.warm_learning_rate is None or (not isinstance(self.warm_learning_rate, bool)
+                                                   and float(self.warm_learning_rate) > 0),
+               "warm_learning_rate", self.warm_learning_rate, "a positive number or null")
+        _check(_is_int(self.warm_ramp_epochs) and self.warm_ramp_epochs >= 0, "warm_ramp_epochs",
+               self.warm_ramp_epochs, "an integer >= 0")
+        _check(isinstance(self.warm_carry_optimizer, bool), "warm_carry_optimizer", self.warm_carry_optimizer,
+               "true or false")
+
+    @property
+    def effective_warm_learning_rate(self) -> float:
+        """The full learning rate of a warm fit: ``warm_learning_rate``, or ``learning_rate``
+        when that is None."""
+        return float(self.learning_rate if self.warm_learning_rate is None else self.warm_learning_rate)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""

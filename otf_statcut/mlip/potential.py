@@ -20,11 +20,16 @@ Saved models are a directory::
     potential.json   format tag, version, ModelConfig, DataStatistics
     weights.pt       the model's state_dict (torch.save), loaded with weights_only=True
     history.json     the last fit's TrainingHistory (optional)
+    optimizer.pt     Adam's state at the returned weights of the last fit (optional; read with
+                     weights_only=True; a missing, unreadable or mismatched file only means the
+                     next warm fit starts from a fresh Adam)
 """
 
 from __future__ import annotations
 
+import copy as _copy
 import json
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -46,7 +51,7 @@ from .graphs import (
     ensure_nequip_state,
     float64_default,
 )
-from .training import TrainingHistory, train_model
+from .training import TrainingHistory, compatible_optimizer_state, train_model
 
 __all__ = ["Prediction", "NequIPPotential", "predictions_from_output"]
 
@@ -55,6 +60,9 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "potential.json"
 WEIGHTS_FILE = "weights.pt"
 HISTORY_FILE = "history.json"
+OPTIMIZER_FILE = "optimizer.pt"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -191,6 +199,15 @@ class NequIPPotential:
         The NequIP ``GraphModel`` (kept in eval mode outside :meth:`fit`).
     history : TrainingHistory or None
         What the last :meth:`fit` did.
+    trained : bool
+        Whether the weights have been trained (by :meth:`fit`, or given as ``model``, or
+        :meth:`load`-ed): only then does ``fit(warm_start=True)`` fine-tune with the warm
+        settings of :class:`TrainConfig`; an untrained potential (:meth:`build`,
+        ``copy(seed=...)``) trains with the cold settings from its current weights.
+    optimizer_state : dict or None
+        Adam's ``state_dict`` at the weights the last fit returned, kept when that fit's
+        :class:`TrainConfig` had ``warm_carry_optimizer`` (None otherwise), for the next warm fit
+        with ``warm_carry_optimizer``; saved as ``optimizer.pt``.
     """
 
     def __init__(
@@ -206,6 +223,8 @@ class NequIPPotential:
         self.model = (model if model is not None else _build_model(config, statistics)).to(self._device)
         self.converter = GraphConverter(config.species, config.r_max)
         self.history: TrainingHistory | None = None
+        self.trained: bool = model is not None
+        self.optimizer_state: dict | None = None
 
     # --- properties ------------------------------------------------------------------------
 
@@ -304,7 +323,12 @@ class NequIPPotential:
         train_config : TrainConfig, optional
             Defaults to ``TrainConfig()``.
         warm_start : bool
-            True: continue from the current weights and keep the current statistics.
+            True: continue from the current weights and keep the current statistics. When the
+            potential is :attr:`trained`, this is a fine-tuning fit: its learning rate ramps up
+            to ``train_config.warm_learning_rate`` over ``warm_ramp_epochs``, it continues from
+            the kept Adam state if ``warm_carry_optimizer``, and it returns the best epoch >= 1,
+            so the weights always change (``history.weights_changed``). An untrained potential
+            keeps its current weights but trains with the cold settings.
             False: rebuild the model from ``config`` (same seed) with statistics recomputed from
             ``train``, then train from scratch.
 
@@ -322,8 +346,19 @@ class NequIPPotential:
         if not warm_start:
             self.statistics = compute_statistics(train, train_graphs, self.species)
             self.model = _build_model(self._config, self.statistics).to(self._device)
+        warm = bool(warm_start and self.trained)
         with float64_default():
-            self.history = train_model(self.model, train_graphs, val_graphs, train_config)
+            history = train_model(
+                self.model,
+                train_graphs,
+                val_graphs,
+                train_config,
+                warm_start=warm,
+                optimizer_state=self.optimizer_state if warm else None,
+            )
+        self.optimizer_state, history.optimizer_state = history.optimizer_state, None
+        self.history = history
+        self.trained = True
         return self
 
     # --- inference ---------------------------------------------------------------------------
@@ -375,6 +410,42 @@ class NequIPPotential:
                 predictions.extend(predictions_from_output(out, stress=stress, features=features))
         return predictions
 
+    def force_errors(self, frames: Sequence[Atoms] | Atoms, batch_size: int = 16) -> list[np.ndarray]:
+        """Per frame, the per-atom force-error magnitudes ``|F_pred - F_ref|`` (eV/Å) of this
+        potential on labelled frames (see
+        :func:`otf_statcut.stats.magnitudes.force_error_magnitudes`).
+
+        Parameters
+        ----------
+        frames : sequence of ase.Atoms, or one ase.Atoms
+            Labelled frames (reference forces).
+        batch_size : int
+            Frames per model call.
+
+        Returns
+        -------
+        list of ndarray
+            One array of shape (n_atoms,) per frame, in order.
+
+        Raises
+        ------
+        DataError
+            If a frame has no reference forces or an element not among :attr:`species`.
+        """
+        from otf_statcut.data import frame_forces
+        from otf_statcut.stats.magnitudes import force_error_magnitudes
+
+        if isinstance(frames, Atoms):
+            frames = [frames]
+        references = []
+        for i, atoms in enumerate(frames):
+            try:
+                references.append(frame_forces(atoms))
+            except DataError as exc:
+                raise DataError(f"force_errors: frame {i}: {exc}") from exc
+        predictions = self.predict(frames, batch_size=batch_size, stress=False, features=False)
+        return [force_error_magnitudes(p.forces, ref) for p, ref in zip(predictions, references)]
+
     def calculator(self, **kwargs):
         """An ASE calculator (energy, forces, stress, latent features) sharing this model, on
         :attr:`device`.
@@ -407,6 +478,11 @@ class NequIPPotential:
         if self.history is not None:
             history = _json_safe(self.history.to_dict())
             (directory / HISTORY_FILE).write_text(json.dumps(history, indent=2) + "\n")
+        optimizer_path = directory / OPTIMIZER_FILE
+        if self.optimizer_state is not None:
+            torch.save(_to_cpu(self.optimizer_state), optimizer_path)
+        elif optimizer_path.exists():
+            optimizer_path.unlink()  # a stale state of another model must not be picked up
         return directory
 
     @classmethod
@@ -476,6 +552,8 @@ class NequIPPotential:
         except (RuntimeError, TypeError, AttributeError) as exc:
             raise DataError(f"{weights_path}: weights do not match the model in {meta_path} ({exc})") from exc
         potential.model.eval()
+        potential.trained = True
+        potential.optimizer_state = _load_optimizer_state(directory / OPTIMIZER_FILE, potential.model)
         return potential.to(device)
 
     def copy(self, seed: int | None = None) -> NequIPPotential:
@@ -486,7 +564,38 @@ class NequIPPotential:
         clone = NequIPPotential(self._config, self.statistics, device=self._device)
         clone.model.load_state_dict(self.model.state_dict())
         clone.model.eval()
+        clone.trained = self.trained
+        clone.optimizer_state = _copy.deepcopy(self.optimizer_state)
         return clone
+
+
+def _to_cpu(value):
+    """A copy of a nested optimiser state with every tensor on the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
+
+
+def _load_optimizer_state(path: Path, model: torch.nn.Module) -> dict | None:
+    """The saved Adam state beside the weights, or None (with a warning when the file is there but
+    unusable): a warm fit then starts from a fresh Adam."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt/foreign file
+        log.warning("%s: unreadable optimiser state (%s); the next warm fit starts a fresh Adam", path, exc)
+        return None
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not isinstance(state, dict) or not compatible_optimizer_state(state, params):
+        log.warning("%s: optimiser state does not match the model; the next warm fit starts a fresh Adam",
+                    path)
+        return None
+    return state
 
 
 def _json_safe(value):

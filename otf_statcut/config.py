@@ -293,7 +293,10 @@ class CutoffsConfig:
         The sampling-set size N of the minimum cutoff (CDF = 1 - 1/N), i.e. how many per-atom
         σ values the run screens: ``run`` = ``md.steps × n_atoms`` (fixed for the run),
         ``remaining`` = (steps left) × n_atoms at each refit (at least n_atoms), or a fixed
-        integer.
+        integer; counted per element with per-element cutoffs.
+    per_element : "auto", true or false
+        One error fit, σ fit, N and pair of cutoffs per chemical element, each atom judged by its
+        element's cutoffs; ``auto`` (default): when the system has more than one element.
     """
 
     max_error: float = spec(1.0, check=_positive, expected="an error bound > 0 (eV/Å; .inf for none)")
@@ -302,6 +305,13 @@ class CutoffsConfig:
     robust: bool = False
     n: Union[int, str] = spec("run", check=lambda x: x in N_POLICIES if isinstance(x, str) else x >= 2,
                               expected=f"one of {list(N_POLICIES)} or an integer >= 2")
+    per_element: Union[bool, str] = spec("auto", check=lambda x: x in ("auto", True, False),
+                                         expected="auto, true or false")
+
+    @property
+    def per_element_flag(self) -> bool | None:
+        """``per_element`` as the fit cycle takes it (None: auto)."""
+        return None if self.per_element == "auto" else bool(self.per_element)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import pytest
 import yaml
 from ase.calculators.calculator import CalculationFailed, all_changes
 from ase.calculators.emt import EMT
+from ase.data import chemical_symbols
 
 from otf_statcut.cli import main
 from otf_statcut.config import load_run_config
@@ -78,6 +79,12 @@ def test_langevin_run_labels_retrains_and_logs(tmp_path, capsys):
     assert list(zip(models["step"][1:].tolist(), models["reason"][1:].tolist())) == expected
     np.testing.assert_array_equal(cutoffs["model"], models["model"])
     assert (cutoffs["n"] == 20).all() and (cutoffs["minimum"] <= cutoffs["maximum"]).all()
+    assert set(cutoffs["element"]) == {"all"}  # one element: global cutoffs
+    # every retrain learned from its labels: weights changed, error on the new frames went down
+    retrains = models["step"] >= 0
+    assert retrains.any() and models["warm_start"][retrains].all()
+    assert (models["max_weight_change"][retrains] > 0).all() and (models["n_new"][retrains] >= 1).all()
+    assert np.mean(models["new_error_after"][retrains] < models["new_error_before"][retrains]) >= 0.5
     for rel in models["path"]:
         assert (tmp_path / "out" / rel / "potential" / "weights.pt").is_file()
     with h5py.File(run_file, "r") as f:
@@ -148,7 +155,10 @@ class FlakyEMT(EMT):
 
 
 def test_failed_labels_never_enter_the_data_set(tmp_path):
-    config = load_run_config(write_config(tmp_path, **{"md.steps": 20, "labeler.retries": 0}))
+    # No maximum cutoff: this test is about failed labels between the cutoffs (a failed label
+    # above the maximum stops the run by design, see test_halt_...).
+    config = load_run_config(write_config(tmp_path, **{"md.steps": 20, "labeler.retries": 0,
+                                                       "cutoffs.max_error": float("inf")}))
     labeler = ASECalculatorLabeler(FlakyEMT(), name="flaky-emt", retries=0)
     summary = run_otf(config, labeler=labeler, comm=None)
     failures = read_table(summary.path, "failures")
@@ -198,3 +208,39 @@ def test_resume_refuses_other_settings_and_export_refuses_foreign_files(tmp_path
     (tmp_path / "x.h5").write_bytes(b"not hdf5")
     assert main(["export", str(tmp_path / "x.h5"), str(tmp_path / "o.extxyz")]) == 2
     assert "run file" in capsys.readouterr().err
+
+
+def test_two_element_run_judges_each_atom_by_its_elements_cutoffs(tmp_path):
+    """Cu–Au (EMT): per-element cutoffs by default, one /cutoffs row per element (+ the pooled
+    fit) at every refit, N per element = steps × that element's atoms, validation holding both
+    elements, and every recorded decision reproduced from the stored σ and per-element cutoffs."""
+    import ase.io
+    from ase.build import bulk
+
+    from otf_statcut.engine.decision import decide
+    from otf_statcut.io.runlog import read_cutoffs
+
+    cell = bulk("Cu", "fcc", a=3.7, cubic=True) * (2, 2, 1)
+    cell.symbols[::4] = "Au"  # 12 Cu + 4 Au
+    ase.io.write(tmp_path / "cuau.extxyz", cell)
+    data = small_cu_run(**{"md.steps": 24, "cutoffs.n": "run"})
+    data["system"] = {"structure": str(tmp_path / "cuau.extxyz")}
+    path = tmp_path / "input.yaml"
+    path.write_text(yaml.safe_dump(data))
+    summary = run_otf(load_run_config(path), comm=None)
+    cutoffs = read_table(summary.path, "cutoffs")
+    models = read_table(summary.path, "models")
+    for refit in np.unique(cutoffs["refit"]):
+        rows = cutoffs["refit"] == refit
+        assert sorted(cutoffs["element"][rows]) == ["Au", "Cu", "pooled"]
+        n = dict(zip(cutoffs["element"][rows], cutoffs["n"][rows]))
+        assert n == {"Au": 24 * 4, "Cu": 24 * 12, "pooled": 24 * 16}
+    frames = read_dataset(summary.path)
+    val = [f for f in frames if f.info["split"] == "val"]
+    assert {"Au", "Cu"} <= set(np.concatenate([f.get_chemical_symbols() for f in val]))
+    traj = read_table(summary.path, "trajectory")
+    symbols = [chemical_symbols[z] for z in traj["numbers"]]
+    for i in range(len(traj["step"])):
+        cut = read_cutoffs(summary.path, int(traj["model"][i]))
+        assert int(decide(traj["sigma"][i].astype(float), cut, symbols).action) == traj["decision"][i]
+    assert len(models["model"]) >= 1

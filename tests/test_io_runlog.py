@@ -59,8 +59,10 @@ def test_create_append_and_read_with_plain_h5py(tmp_path):
         log.append_model({"model": 0, "step": 0, "reason": "initial", "warm_start": False, "n_train": 1,
                           "n_val": 1, "epochs": 5, "train_time_s": 1.5, "head_time_s": 0.5,
                           "val_force_mae": 0.1, "val_force_rmse": 0.2, "val_energy_mae": 0.01,
-                          "head_nll": -1.0, "path": "models/0000"})
-        e = np.random.default_rng(1).rayleigh(0.1, 500)
+                          "head_nll": -1.0, "best_epoch": 4, "max_weight_change": 0.01, "n_new": 0,
+                          "new_error_before": float("nan"), "new_error_after": float("nan"),
+                          "learned": True, "problem": "", "path": "models/0000"})
+        e = 0.1 * np.linalg.norm(np.random.default_rng(1).normal(size=(500, 3)), axis=1)  # Maxwell
         cut = statistical_cutoffs(e, e * 1.1, n=1000)
         log.append_cutoffs(model=0, step=0, cutoffs=cut)
         log.append_failure(step=1, reason="label", message="SCF did not converge")
@@ -205,3 +207,32 @@ def test_export_extxyz_round_trip(tmp_path):
     frames, table = read_trajectory(path)
     np.testing.assert_allclose(traj[1].get_forces(), table["forces"][1], atol=1e-7)
     np.testing.assert_allclose(traj[1].arrays["sigma"], table["sigma"][1], rtol=1e-6)
+
+
+def test_per_element_cutoffs_are_one_row_per_element_and_read_back(tmp_path):
+    """A per-element refit is stored as rows (one per element + the pooled fit) and rebuilt as
+    ElementCutoffs; a later global refit of another model reads back as a CutoffSet."""
+    from otf_statcut.io.runlog import read_cutoffs
+    from otf_statcut.stats.element_cutoffs import ElementCutoffs, fit_cutoffs
+
+    rng = np.random.default_rng(0)
+    symbols = np.array(["Li"] * 400 + ["Al"] * 400)
+    errors = np.linalg.norm(rng.normal(size=(800, 3)), axis=1) * np.repeat([0.05, 0.13], 400)
+    per = fit_cutoffs(errors, errors * 1.2, symbols, {"Li": 5000, "Al": 3000})
+    assert isinstance(per, ElementCutoffs) and per.elements == ("Al", "Li")
+    path = tmp_path / "run.h5"
+    with RunLog.create(path, input_text="", config={}) as log:
+        assert log.append_cutoffs(model=0, step=-1, cutoffs=per) == 0
+        glob = fit_cutoffs(errors, errors, symbols, {"Li": 5000, "Al": 3000}, per_element=False)
+        assert log.append_cutoffs(model=1, step=7, cutoffs=glob) == 1
+        log.flush()
+    table = read_table(path, "cutoffs")
+    assert list(table["element"]) == ["Al", "Li", "pooled", "all"]
+    back = read_cutoffs(path, 0)
+    assert isinstance(back, ElementCutoffs)
+    for symbol in ("Al", "Li"):
+        assert back.by_element[symbol].minimum == pytest.approx(per.by_element[symbol].minimum)
+        assert back.by_element[symbol].n == per.by_element[symbol].n
+    assert back.by_element["Al"].error_cutoff > back.by_element["Li"].error_cutoff  # Al errors are larger
+    assert read_cutoffs(path, 1).minimum == pytest.approx(glob.minimum)
+    assert read_cutoffs(path, 5) is None

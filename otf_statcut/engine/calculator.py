@@ -101,7 +101,7 @@ class OTFCalculator(PotentialCalculator):
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         self.n_calls += 1
-        decision = decide(self.results["sigma"], self.learner.cutoffs)
+        decision = decide(self.results["sigma"], self.learner.cutoffs, self.atoms.get_chemical_symbols())
         self.decision = decision
         self.source = SOURCE_MLIP
         if decision.action is Action.TRUST:
@@ -112,8 +112,8 @@ class OTFCalculator(PotentialCalculator):
         if frame is None:
             if halt:
                 raise HaltError(
-                    f"step {self.step}: max σ {decision.max_sigma:.3g} eV/Å is above the maximum cutoff "
-                    f"{self.learner.cutoffs.maximum:.3g} and the configuration could not be labelled; "
+                    f"step {self.step}: σ of atom(s) {list(decision.above_maximum)[:5]} (max {decision.max_sigma:.3g} "
+                    "eV/Å) above the maximum cutoff and the configuration could not be labelled; "
                     "stopping at the last checkpoint")
             return  # a failed label between the cutoffs: the MLIP result stands for this step
         self._use(frame)

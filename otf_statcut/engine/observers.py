@@ -192,10 +192,11 @@ class ProgressBar:
         if step > self.done:
             self.bar.update(step - self.done)
             self.done = step
-        cut = self.calc.learner.cutoffs
+        from ..stats.element_cutoffs import describe
+
         self.bar.set_postfix_str(
             f"labels {self.calc.learner.n_labels} | model {self.calc.learner.model_id} | "
-            f"min {cut.minimum:.3g} max {cut.maximum:.3g} eV/Å", refresh=False)
+            f"{describe(self.calc.learner.cutoffs)} eV/Å", refresh=False)
 
     def close(self) -> None:
         self.bar.close()

@@ -20,6 +20,7 @@ and DFT are not bitwise reproducible).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -28,11 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ase.data import chemical_symbols
 
 from ..config import RunConfig
 from ..errors import ConfigError, DataError
 from ..io.runlog import RunLog, read_table
 from ..labelers.base import LabelingError
+from ..stats.element_cutoffs import describe
 from .calculator import HaltError, OTFCalculator
 from .dynamics import dynamics_state, make_dynamics, restore_dynamics_state, set_velocities
 from .learner import Learner, sampling_size
@@ -67,6 +70,9 @@ class RunSummary:
     n_failures: int
     minimum: float
     maximum: float
+    cutoffs_text: str
+    n_retrains: int
+    n_learned: int
     val_force_mae: float
     val_force_rmse: float
     val_energy_mae: float
@@ -85,7 +91,9 @@ class RunSummary:
             f"labels: {self.n_initial} initial + {self.n_labels} during MD ({self.n_failures} failed); "
             f"models trained: {self.n_models}",
             f"labels per 100 steps: {self.labels_per_100}",
-            f"cutoffs (σ, eV/Å): minimum {self.minimum:.4g}, maximum {self.maximum:.4g}",
+            f"cutoffs (σ, eV/Å): {self.cutoffs_text}",
+            f"retrains that learned (weights changed, error on their new frames lower): "
+            f"{self.n_learned} of {self.n_retrains}",
             f"last model on validation: force MAE {self.val_force_mae:.4f} eV/Å, force RMSE "
             f"{self.val_force_rmse:.4f} eV/Å, energy MAE {1000 * self.val_energy_mae:.2f} meV/atom",
         ]
@@ -195,17 +203,18 @@ class OTFRun:
             return runlog
         return RunLog.create(self.path, input_text=cfg.text, config=cfg.to_dict(), overwrite=self.overwrite)
 
-    def _learner(self, potential, n_atoms: int) -> Learner:
+    def _learner(self, potential, symbols) -> Learner:
+        from ..fit_cycle import element_counts
         from ..uq import make_head
 
         cfg = self.config
-        head_settings = dict(cfg.head.settings)
         return Learner(
             potential=potential,
-            head_factory=lambda: make_head(cfg.head.name, **head_settings),
+            head_factory=functools.partial(make_head, cfg.head.name, **dict(cfg.head.settings)),
             train_config=cfg.train_config(), retrain_config=cfg.train_config(retrain=True),
-            n_sampling=sampling_size(cfg.cutoffs.n, cfg.md.steps, n_atoms),
+            n_sampling=sampling_size(cfg.cutoffs.n, cfg.md.steps, element_counts(symbols)),
             max_error=cfg.cutoffs.max_error, candidates=cfg.cutoffs.candidates, robust=cfg.cutoffs.robust,
+            per_element=cfg.cutoffs.per_element_flag,
             retrain_every=cfg.retrain.every, warm_start=cfg.retrain.warm_start,
             val_fraction=cfg.initial_data.val_fraction, model_dir=self.folder / MODELS_DIR,
         )
@@ -222,12 +231,12 @@ class OTFRun:
             if len(frames) < 2:
                 raise DataError(f"{self.where}: initial_data.file: {init.file} holds {len(frames)} frame(s); "
                                 "need at least 2 (training and validation)")
-            splits = _initial_splits(len(frames), init)
+            splits = _initial_splits(frames, init)
             for frame, split in zip(frames, splits):
                 self._store_initial(runlog, frame, split, json.dumps({"file": str(init.file)}))
         else:
             copies = rattled_copies(start, init.rattled, init.rattle_stdev, init.strain, init.seed)
-            splits = _initial_splits(len(copies), init)
+            splits = _initial_splits(copies, init)
             lookup = self._lookup(runlog)
             frames = []
             for copy, split in zip(copies, splits):
@@ -245,7 +254,7 @@ class OTFRun:
         species = sorted(set(species_of(frames)) | set(start.get_chemical_symbols()))
         train = [f for f, s in zip(frames, splits) if s == 0]
         potential = NequIPPotential.build(cfg.model_config(species), train, device=cfg.mlip.device)
-        learner = self._learner(potential, len(start))
+        learner = self._learner(potential, start.get_chemical_symbols())
         learner.extend_initial(frames, splits, record=False)
         learner.model_id = runlog.rows("models") - 1  # a session killed before its first checkpoint
         learner.fit(step=-1, reason="initial", first=True)  # may have trained models: keep ids unique
@@ -274,7 +283,7 @@ class OTFRun:
                             "which /models lacks")
         folder = self.folder / str(models["path"][rows[-1]])
         potential = NequIPPotential.load(folder / "potential", device=self.config.mlip.device)
-        learner = self._learner(potential, len(checkpoint.numbers))
+        learner = self._learner(potential, [chemical_symbols[z] for z in checkpoint.numbers])
         learner.head = load_head(folder / "head", potential)
         learner.model_id = checkpoint.model
         learner.cutoffs = _cutoffs_of(self.path, checkpoint.model)
@@ -283,6 +292,7 @@ class OTFRun:
         learner.n_labels = sum(f.info["reason"] != "initial" for f in frames)
         after = len(frames) - checkpoint.dataset_rows  # labels stored after the checkpoint (kept)
         learner.labels_since_retrain = checkpoint.labels_since_retrain + max(after, 0)
+        learner.last_fit_size = max(len(frames) - learner.labels_since_retrain, 0)
         dropped = runlog.truncate_trajectory(checkpoint.step)
         log.info("resuming at step %d (model %d, %d frames; %d trajectory rows recomputed)",
                  checkpoint.step, checkpoint.model, len(frames), dropped)
@@ -321,7 +331,10 @@ class OTFRun:
             session_steps=session_steps, session_wall_s=session_wall, n_initial=int(np.sum(steps < 0)),
             n_labels=int(np.sum(steps >= 0)), n_models=len(models.get("model", [])),
             n_failures=len(failures.get("step", [])), minimum=float(learner.cutoffs.minimum),
-            maximum=float(learner.cutoffs.maximum), val_force_mae=float(models["val_force_mae"][last]),
+            maximum=float(learner.cutoffs.maximum), cutoffs_text=describe(learner.cutoffs, 4),
+            n_retrains=int(np.sum(models["warm_start"])),
+            n_learned=int(np.sum(models["warm_start"] & models["learned"])),
+            val_force_mae=float(models["val_force_mae"][last]),
             val_force_rmse=float(models["val_force_rmse"][last]),
             val_energy_mae=float(models["val_energy_mae"][last]),
             labels_per_100=labels_per_window(steps, self.config.md.steps),
@@ -366,14 +379,13 @@ def run_otf(config: RunConfig, *, labeler=None, comm=None, progress: bool | None
         driven.close()
 
 
-def _initial_splits(n: int, init) -> np.ndarray:
-    """0 (train) / 1 (validation) for the initial frames: a seeded split, fixed by count and seed."""
-    from ..data import train_val_split
+def _initial_splits(frames, init) -> list[int]:
+    """0 (train) / 1 (validation) for the initial frames: stratified (every element and composition
+    validated), frames taken in a seeded order, so the split is fixed by the frames and the seed."""
+    from ..data.stratified import StratifiedSplitter
 
-    splits = np.zeros(n, dtype=int)
-    _, val = train_val_split(list(range(n)), init.val_fraction, seed=init.seed)
-    splits[val] = 1
-    return splits
+    order = np.random.default_rng(init.seed).permutation(len(frames))
+    return StratifiedSplitter(init.val_fraction).assign_many(list(frames), order=order)
 
 
 def _key(atoms) -> str:
@@ -383,21 +395,13 @@ def _key(atoms) -> str:
 
 
 def _cutoffs_of(path: Path, model: int):
-    """The CutoffSet recorded last for ``model`` (rebuilt from the stored fits)."""
-    from ..stats import CutoffSet, DistributionFit
+    """The cutoffs recorded last for ``model`` (global or per element, rebuilt from the fits)."""
+    from ..io.runlog import read_cutoffs
 
-    table = read_table(path, "cutoffs")
-    rows = np.flatnonzero(table["model"] == model)
-    if not rows.size:
+    cutoffs = read_cutoffs(path, model)
+    if cutoffs is None:
         raise DataError(f"{path}: no cutoffs recorded for model {model}")
-    i = rows[-1]
-    return CutoffSet(
-        error_fit=DistributionFit.from_dict(json.loads(table["error_fit"][i])),
-        uncertainty_fit=DistributionFit.from_dict(json.loads(table["uncertainty_fit"][i])),
-        n=int(table["n"][i]), error_cutoff=float(table["error_cutoff"][i]),
-        minimum=float(table["minimum"][i]),
-        maximum=float(table["maximum"][i]), max_error=float(table["max_error"][i]),
-    )
+    return cutoffs
 
 
 def _check_same_run(stored: dict, current: dict, path: Path) -> None:

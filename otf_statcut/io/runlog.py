@@ -51,10 +51,18 @@ Layout (schema ``otf-statcut/run``, version :data:`SCHEMA_VERSION`); ``T`` traje
         model, step, reason (initial | every | halt), warm_start, n_train, n_val, epochs,
         train_time_s (potential), head_time_s (head fit and cutoff refit), val_force_mae,
         val_force_rmse (force components, eV/Å), val_energy_mae (eV/atom), head_nll,
+        did the retrain learn: best_epoch (0 = starting weights kept), max_weight_change,
+        n_new (frames since the previous model), new_error_before, new_error_after (their mean
+        per-atom |ΔF| before/after training, eV/Å), learned (bool), problem (text, "" if none),
         path (model folder, relative to the run folder)
-    /cutoffs/              one row per cutoff refit
-        model, step, n, minimum, maximum, error_cutoff, max_error (eV/Å), clamped,
-        error_fit, uncertainty_fit (JSON: name, params, ks_pvalue, n)
+    /cutoffs/              one row per element per cutoff refit (one row, element "all", for
+                           global cutoffs; per element: one row per element plus a "pooled" row
+                           with the fit of all elements together, for comparison)
+        refit (groups the rows of one refit), model, step, element, n, minimum, maximum,
+        error_cutoff, max_error (eV/Å), clamped, error_fit, uncertainty_fit (JSON: name,
+        params, ks_pvalue, n, ...), pooled (bool: this element is judged by the pooled fits,
+        too few validation atoms of its own), fallbacks (JSON: which fit is the robust "tail"
+        fallback and why, {} when both fits are credible candidates)
     /failures/             one row per failed label: step, reason, message
     /checkpoint/           the latest resumable state (overwritten): attrs step, time_fs,
                            model, n_labels, labels_since_retrain, retrain_pending, rng (JSON),
@@ -92,6 +100,7 @@ __all__ = [
     "Checkpoint",
     "RunLog",
     "configuration_key",
+    "read_cutoffs",
     "read_dataset",
     "read_trajectory",
     "read_table",
@@ -100,7 +109,7 @@ __all__ = [
 ]
 
 SCHEMA = "otf-statcut/run"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Why a frame is in the data set.
 REASONS = ("initial", "label", "halt")
 _CHUNK = 64
@@ -159,19 +168,30 @@ _MODELS = {
     "val_force_rmse": ("float64", ()),
     "val_energy_mae": ("float64", ()),
     "head_nll": ("float64", ()),
+    "best_epoch": ("int64", ()),
+    "max_weight_change": ("float64", ()),
+    "n_new": ("int64", ()),
+    "new_error_before": ("float64", ()),
+    "new_error_after": ("float64", ()),
+    "learned": ("bool", ()),
+    "problem": (_text(512), ()),
     "path": (_text(256), ()),
 }
 _CUTOFFS = {
+    "refit": ("int64", ()),
     "model": ("int32", ()),
     "step": ("int64", ()),
+    "element": (_text(8), ()),
     "n": ("int64", ()),
     "minimum": ("float64", ()),
     "maximum": ("float64", ()),
     "error_cutoff": ("float64", ()),
     "max_error": ("float64", ()),
     "clamped": ("bool", ()),
-    "error_fit": (_text(1024), ()),
-    "uncertainty_fit": (_text(1024), ()),
+    "error_fit": (_text(2048), ()),
+    "uncertainty_fit": (_text(2048), ()),
+    "pooled": ("bool", ()),
+    "fallbacks": (_text(1024), ()),
 }
 _FAILURES = {"step": ("int64", ()), "reason": (_text(16), ()), "message": (_text(1024), ())}
 _TABLES = {"trajectory": _TRAJECTORY, "models": _MODELS, "cutoffs": _CUTOFFS, "failures": _FAILURES}
@@ -408,14 +428,29 @@ class RunLog:
         return _append(self.file["models"], _MODELS, row)
 
     def append_cutoffs(self, *, model: int, step: int, cutoffs) -> int:
-        """Append a refit: ``cutoffs`` is a :class:`~otf_statcut.stats.CutoffSet`."""
-        d = cutoffs.to_dict()
-        return _append(self.file["cutoffs"], _CUTOFFS, {
-            "model": model, "step": step, "n": d["n"], "minimum": d["minimum"], "maximum": d["maximum"],
-            "error_cutoff": d["error_cutoff"], "max_error": d["max_error"], "clamped": d["clamped"],
-            "error_fit": json.dumps(d["error_fit"], default=float),
-            "uncertainty_fit": json.dumps(d["uncertainty_fit"], default=float),
-        })
+        """Append a refit: ``cutoffs`` is a :class:`~otf_statcut.stats.CutoffSet` (one row, element
+        ``all``) or :class:`~otf_statcut.stats.element_cutoffs.ElementCutoffs` (a row per element
+        and a ``pooled`` row). Returns the refit number."""
+        from ..stats.element_cutoffs import ElementCutoffs
+
+        g = self.file["cutoffs"]
+        refit = int(g["refit"][-1]) + 1 if len(g["refit"]) else 0
+        if isinstance(cutoffs, ElementCutoffs):
+            rows = [(s, c, s in cutoffs.pooled) for s, c in cutoffs.by_element.items()]
+            rows.append(("pooled", cutoffs.pooled_cutoffs, False))
+        else:
+            rows = [("all", cutoffs, False)]
+        for element, c, pooled in rows:
+            d = c.to_dict()
+            _append(g, _CUTOFFS, {
+                "refit": refit, "model": model, "step": step, "element": element, "n": d["n"],
+                "minimum": d["minimum"], "maximum": d["maximum"], "error_cutoff": d["error_cutoff"],
+                "max_error": d["max_error"], "clamped": d["clamped"],
+                "error_fit": json.dumps(d["error_fit"], default=float),
+                "uncertainty_fit": json.dumps(d["uncertainty_fit"], default=float), "pooled": pooled,
+                "fallbacks": json.dumps(d.get("fallbacks", {})),
+            })
+        return refit
 
     def append_failure(self, *, step: int, reason: str, message: str) -> int:
         return _append(self.file["failures"], _FAILURES, {"step": step, "reason": reason, "message": message})
@@ -546,6 +581,37 @@ def read_table(path, table: str) -> dict[str, np.ndarray]:
         g = f[table]
         return {name: (_strings(g[name]) if g[name].dtype.kind == "S" else g[name][()])
                 for name in g if isinstance(g[name], h5py.Dataset)}
+
+
+def read_cutoffs(path, model: int):
+    """The cutoffs of the last refit recorded for ``model`` (CutoffSet or ElementCutoffs), or None."""
+    from ..stats import CutoffSet, DistributionFit
+    from ..stats.element_cutoffs import ElementCutoffs
+
+    table = read_table(path, "cutoffs")
+    rows = np.flatnonzero(table.get("model", np.zeros(0)) == model)
+    if not rows.size:
+        return None
+    refit = table["refit"][rows[-1]]
+    rows = np.flatnonzero(table["refit"] == refit)
+
+    def cutoff_set(i: int) -> CutoffSet:
+        return CutoffSet(
+            error_fit=DistributionFit.from_dict(json.loads(table["error_fit"][i])),
+            uncertainty_fit=DistributionFit.from_dict(json.loads(table["uncertainty_fit"][i])),
+            n=int(table["n"][i]), error_cutoff=float(table["error_cutoff"][i]),
+            minimum=float(table["minimum"][i]), maximum=float(table["maximum"][i]),
+            max_error=float(table["max_error"][i]),
+            error_fallback=str(json.loads(table["fallbacks"][i]).get("error", "")),
+            uncertainty_fallback=str(json.loads(table["fallbacks"][i]).get("uncertainty", "")))
+
+    by_element = {str(table["element"][i]): i for i in rows}
+    if set(by_element) == {"all"}:
+        return cutoff_set(by_element["all"])
+    pooled = by_element.pop("pooled")
+    return ElementCutoffs(by_element={s: cutoff_set(i) for s, i in sorted(by_element.items())},
+                          pooled_cutoffs=cutoff_set(pooled),
+                          pooled=tuple(s for s, i in sorted(by_element.items()) if table["pooled"][i]))
 
 
 def read_dataset(path) -> list[Atoms]:

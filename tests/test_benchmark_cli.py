@@ -77,6 +77,52 @@ def test_good_input_parses(folder):
     assert changed.fingerprint() != other.fingerprint()
 
 
+def test_seeds_parse(folder):
+    assert load_benchmark_config(_input(folder)).protocol.seeds == (0, 1, 2, 3, 4)  # default: 5 seeds
+    config = load_benchmark_config(_input(folder, protocol={"seeds": 3}))
+    assert config.protocol.seeds == (0, 1, 2) and config.protocol.seed == 0
+    config = load_benchmark_config(_input(folder, protocol={"seeds": [4, 1]}))
+    assert config.protocol.seeds == (4, 1) and config.protocol.seed == 4
+    assert config.settings()["protocol"]["seeds"] == [4, 1] and "seed" not in config.settings()["protocol"]
+    # the seeds are not part of the fingerprint: adding a seed continues a results file
+    assert config.fingerprint() == load_benchmark_config(_input(folder, protocol={"seeds": 1})).fingerprint()
+
+
+def test_for_seed_shifts_every_seed(folder):
+    path = _input(folder, methods=["ensemble", "gp", "oracle"], model={"num_features": 8, "seed": 2},
+                  heads={"gp": {"iterations": 5},
+                         "ensemble": {"n_members": 2, "train_config": {"max_epochs": 3}}})
+    config = load_benchmark_config(path)
+    same = config.for_seed(0)
+    assert same.model_config(("Cu",)).seed == 2 and same.training.seed == 0
+    assert same.head_settings("gp") == {"iterations": 5, "seed": 0}
+    run = config.for_seed(3)
+    assert run.protocol.seed == 3 and run.protocol.seeds == config.protocol.seeds
+    assert run.model_config(("Cu",)).seed == 2 + 3000 and run.training.seed == 3000
+    assert run.head_settings("gp") == {"iterations": 5, "seed": 3000}
+    assert run.head_settings("ensemble")["train_config"] == {"max_epochs": 3, "seed": 3000}
+    assert config.head_settings("ensemble")["train_config"] == {"max_epochs": 3}  # the input is untouched
+    assert config.model_config(("Cu",)).seed == 2
+
+
+def test_dataset_files_formula_and_stride(folder):
+    ase.io.write(folder / "more.extxyz", _frames(6, seed=1))
+    dataset = {"name": "cu", "path": ["good.extxyz", "more.extxyz"], "formula": "Cu4", "first": 1,
+               "stride": 3, "count": 3}
+    config = load_benchmark_config(_input(folder, datasets=[dataset]))
+    spec = config.datasets[0]
+    assert spec.paths == ((folder / "good.extxyz").resolve(), (folder / "more.extxyz").resolve())
+    assert spec.formula == ("Cu4",) and spec.stride == 3
+    from otf_statcut.benchmark import load_sampling_set
+
+    sampling = load_sampling_set(spec)
+    joined = _frames() + _frames(6, seed=1)  # 14 frames; 1::3 -> 1, 4, 7, 10, 13; count 3 -> 1, 4, 7
+    assert len(sampling) == 3
+    for got, index in zip(sampling.frames, (1, 4, 7)):
+        assert np.allclose(got.positions, joined[index].positions)
+    assert "more.extxyz" in sampling.path
+
+
 def test_missing_dataset(folder, capsys):
     path = _input(folder, datasets=[{"name": "cu", "path": "nowhere.extxyz"}])
     _fails(capsys, path, "datasets[0].path", "nowhere.extxyz", "not found")
@@ -104,6 +150,13 @@ def test_empty_file(folder, capsys):
 def test_empty_after_select(folder, capsys):
     path = _input(folder, datasets=[{"name": "cu", "path": "good.extxyz", "select": {"group": "nothing"}}])
     _fails(capsys, path, "good.extxyz", "group", "nothing")
+    path = _input(folder, datasets=[{"name": "cu", "path": "good.extxyz", "formula": "Be36W12"}])
+    _fails(capsys, path, "good.extxyz", "formula", "Be36W12", "formulas there: Cu4")
+
+
+def test_missing_second_file(folder, capsys):
+    path = _input(folder, datasets=[{"name": "cu", "path": ["good.extxyz", "gone.extxyz"]}])
+    _fails(capsys, path, "datasets[0].path[1]", "gone.extxyz", "not found")
 
 
 def test_too_few_frames_for_seed(folder, capsys):
@@ -134,6 +187,19 @@ def test_too_few_frames_for_seed(folder, capsys):
          ("datasets[1].name", "another dataset")),
         ({"datasets": [{"name": "a b", "path": "good.extxyz"}]}, ("datasets[0].name",)),
         ({"threads": 0}, ("threads",)),
+        ({"protocol": {"seeds": 0}}, ("protocol.seeds", "count k >= 1")),
+        ({"protocol": {"seeds": -2}}, ("protocol.seeds",)),
+        ({"protocol": {"seeds": []}}, ("protocol.seeds", "non-empty list")),
+        ({"protocol": {"seeds": [1, 1]}}, ("protocol.seeds", "distinct")),
+        ({"protocol": {"seeds": [0, -1]}}, ("protocol.seeds", ">= 0")),
+        ({"protocol": {"seeds": "five"}}, ("protocol.seeds", "'five'")),
+        ({"protocol": {"seeds": 2.5}}, ("protocol.seeds",)),
+        ({"protocol": {"seeds": True}}, ("protocol.seeds",)),
+        ({"protocol": {"seeds": [0, "1"]}}, ("protocol.seeds",)),
+        ({"protocol": {"seed": 3}}, ("protocol.seed is no longer read", "protocol.seeds", "[3]")),
+        ({"datasets": [{"name": "cu", "path": "good.extxyz", "stride": 0}]}, ("datasets[0].stride", ">= 1")),
+        ({"datasets": [{"name": "cu", "path": "good.extxyz", "formula": "cu4"}]}, ("datasets[0].formula",)),
+        ({"datasets": [{"name": "cu", "path": []}]}, ("datasets[0].path",)),
     ],
 )
 def test_bad_values(folder, capsys, changes, fragments):

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from otf_statcut.benchmark.config import ProtocolSettings
+from otf_statcut.benchmark.metrics import frame_counts
 from otf_statcut.benchmark.protocol import next_step, seed_frames
 from otf_statcut.benchmark.selection import Bounds, classify_frames, select_candidates, select_random
 from otf_statcut.engine.decision import Action, decide
@@ -148,9 +149,31 @@ def test_seed_frames_reproducible_and_split():
     frames, is_val = seed_frames(50, p)
     assert frames == seed_frames(50, p)[0]
     assert len(frames) == 5 and len(set(frames)) == 5 and all(0 <= f < 50 for f in frames)
-    assert sum(is_val) == 1
+    assert len(is_val) == 5
     with pytest.raises(Exception, match="seed_frames"):
         seed_frames(5, p)
+
+
+def test_run_seed_changes_seed_frames_and_random_draws():
+    runs = [ProtocolSettings(seed_frames=5, seed=s, max_iterations=5) for s in range(4)]
+    drawn = {tuple(seed_frames(200, p)[0]) for p in runs}
+    assert len(drawn) == 4  # every seed starts from other frames
+    sigma = np.full(40, 0.5)  # 40 equally uncertain frames: random picks 10 of them
+    held = list(range(10))
+    picks = {tuple(next_step("random", 0, sigma, MIN, MAX, held, p).selected.tolist()) for p in runs}
+    assert len(picks) == 4
+    ranked = {tuple(next_step("oracle", 0, sigma, MIN, MAX, held, p).selected.tolist()) for p in runs}
+    assert len(ranked) == 1  # the rule itself does not depend on the seed
+
+
+def test_frame_counts_leave_out_labelled_frames():
+    sigma = np.array([0.1, 0.5, 0.6, 2.0, 0.7, 3.0, 0.2])  # between: 1, 2, 4; above: 3, 5
+    assert frame_counts(sigma, MIN, MAX, []) == (3, 2)
+    assert frame_counts(sigma, MIN, MAX, [1, 3]) == (2, 1)
+    assert frame_counts(sigma, MIN, MAX, [0, 6]) == (3, 2)  # trusted frames change nothing
+    assert frame_counts(sigma, MIN, MAX, np.array([1, 2, 4, 3, 5])) == (0, 0)
+    mask = np.array([False, True, False, False, False, True, False])
+    assert frame_counts(sigma, MIN, MAX, mask) == (2, 1)
 
 
 def test_task_queue_hands_each_task_once(tmp_path):

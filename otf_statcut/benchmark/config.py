@@ -13,14 +13,16 @@ Example::
 
     datasets:                       # one or more sampling sets, each in sampling order
       - name: li_aimd
-        path: ../../shared/data/mlearn-Li/Li_training.extxyz
+        path: ../../shared/data/mlearn-Li/Li_training.extxyz   # or a list of files, read in order
         select: {group: [Vacancy, AIMD-NVT]}   # optional: keep frames whose info[key] is listed
-        # first: 0                  # optional: slice of the frames kept, in file order
-        # count: 100
+        # formula: Li54             # optional: keep frames of these chemical formulas (ASE, Hill order)
+        # first: 0                  # optional, after select/formula: skip the first frames,
+        # stride: 1                 #   keep every stride-th frame of the rest,
+        # count: 100                #   at most count of them
     methods: [ensemble, gp, distance, oracle, random]
     protocol:
       seed_frames: 5                # random frames the data set starts from
-      seed: 0
+      seeds: 5                      # runs per dataset/method: a count k (seeds 0 … k-1) or a list [0, 3]
       val_fraction: 0.2             # of every batch of frames added, this fraction validates
       max_iterations: 12            # budget: active-learning iterations per dataset/method
       max_labels: null              # budget: frames (DFT labels) per dataset/method
@@ -33,9 +35,19 @@ Example::
     model: {num_features: 16}       # ModelConfig fields (species come from the data)
     training: {max_epochs: 60}      # TrainConfig fields
     heads:                          # settings per head, passed to make_head(name, **settings)
-      ensemble: {n_models: 3}
+      ensemble: {n_members: 3}
     output: results                 # optional; the command's -o overrides it
     threads: 1                      # torch threads per process
+
+**Seeds.** Every (dataset, method, seed) is one run. The run seed ``s`` is the seed of every random
+choice of that run: the seed frames and the train/validation split (``protocol.seed`` = ``s`` in
+the run's :class:`ProtocolSettings`), the random method's draws, and, shifted by
+:data:`SEED_STRIDE` · ``s``, the NequIP weight initialisation (``model.seed``, default 0; the
+ensemble's extra members use ``model.seed + k``), the batch shuffling (``training.seed``, and
+``heads.ensemble.train_config.seed`` when given) and the sparse GP's inducing points and
+mini-batches (``heads.gp.seed``). Seed 0 is the single run of earlier versions. See
+:meth:`BenchmarkConfig.for_seed`. The old key ``protocol.seed`` is refused with a message that
+names ``protocol.seeds``.
 """
 
 from __future__ import annotations
@@ -58,6 +70,7 @@ from otf_statcut.mlip import ModelConfig, TrainConfig
 
 __all__ = [
     "METHODS",
+    "SEED_STRIDE",
     "DatasetSpec",
     "ProtocolSettings",
     "BenchmarkConfig",
@@ -69,7 +82,13 @@ __all__ = [
 METHODS = ("ensemble", "gp", "distance", "oracle", "random")
 #: Methods whose σ is the true error: their uncertainty fit is Maxwell, like the error fit.
 TRUE_ERROR_METHODS = ("oracle", "random")
+#: A run with seed ``s`` shifts the model, training and GP seeds by ``SEED_STRIDE * s``, so the
+#: ensemble members of one run (``model.seed + k``, k < n_members) never share a seed with another run.
+SEED_STRIDE = 1000
+#: Runs per dataset/method when ``protocol.seeds`` is not given.
+DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_FORMULA = re.compile(r"^([A-Z][a-z]?[0-9]*)+$")
 _FAMILIES = ("maxwell", "gamma", "gengamma")
 
 
@@ -81,23 +100,37 @@ class DatasetSpec:
     ----------
     name : str
         Group name in the results file (letters, digits, ``_.-``).
-    path : Path
-        Labelled frames (extxyz, ASE db, or an HDF5 dataset this project wrote), resolved.
+    paths : tuple of Path
+        Labelled frames (extxyz, ASE db, or an HDF5 dataset this project wrote), resolved; several
+        files are read in the order given and joined into one sampling order.
     select : tuple of (str, tuple of str)
         Keep only frames whose ``atoms.info[key]`` is one of the values, for every key given.
-    first, count : int, int or None
-        After ``select``, keep frames ``first : first + count`` of the file order.
+    formula : tuple of str
+        Keep only frames whose chemical formula (``Atoms.get_chemical_formula()``, Hill order,
+        e.g. ``Be36W12``) is listed (empty: every formula).
+    first, stride, count : int, int, int or None
+        After ``select`` and ``formula``: skip the first ``first`` frames, keep every
+        ``stride``-th frame of the rest, and at most ``count`` of them (``frames[first::stride][:count]``).
     """
 
     name: str
-    path: Path
+    paths: tuple[Path, ...]
     select: tuple[tuple[str, tuple[str, ...]], ...] = ()
     first: int = 0
     count: int | None = None
+    formula: tuple[str, ...] = ()
+    stride: int = 1
+
+    @property
+    def path(self) -> Path:
+        """The first (usually the only) file."""
+        return self.paths[0]
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "path": str(self.path), "select": {k: list(v) for k, v in self.select},
-                "first": self.first, "count": self.count}
+        path = [str(p) for p in self.paths] if len(self.paths) > 1 else str(self.path)
+        return {"name": self.name, "path": path,
+                "select": {k: list(v) for k, v in self.select}, "formula": list(self.formula),
+                "first": self.first, "stride": self.stride, "count": self.count}
 
 
 @dataclass(frozen=True)
@@ -106,9 +139,13 @@ class _DatasetInput:
 
     name: str = spec(check=lambda x: bool(_NAME.match(x)),
                      expected="a name of letters, digits, '_', '.', '-'")
-    path: Path = spec()
+    path: Path | tuple[Path, ...] = spec(check=lambda x: not isinstance(x, tuple) or len(x) > 0,
+                                         expected="a file or a non-empty list of files")
     select: Mapping[str, Any] = spec(factory=dict)
+    formula: tuple[str, ...] = spec((), check=lambda t: all(_FORMULA.match(x) for x in t),
+                                    expected="a chemical formula such as Be36W12, or a list of them")
     first: int = spec(0, check=lambda x: x >= 0, expected="an integer >= 0")
+    stride: int = spec(1, check=lambda x: x >= 1, expected="an integer >= 1")
     count: int | None = spec(None, check=lambda x: x >= 1, expected="an integer >= 1 or null")
 
 
@@ -120,8 +157,12 @@ class ProtocolSettings:
     ----------
     seed_frames : int
         Frames drawn at random (seeded) from the sampling set to start the data set.
+    seeds : tuple of int
+        The run seeds: every dataset/method runs once per seed (input: a count k for seeds
+        0 … k-1, or a list of distinct integers >= 0; default 5 seeds, 0 … 4).
     seed : int
-        Seed of the seed-frame draw, the train/validation split and the random method.
+        The seed of *one* run: its seed-frame draw, train/validation split and random draws. Not an
+        input key: :meth:`BenchmarkConfig.for_seed` sets it per run (``seeds[0]`` otherwise).
     val_fraction : float
         Fraction of each batch of new frames put into validation (at least one frame of the seed).
     max_iterations : int
@@ -138,11 +179,15 @@ class ProtocolSettings:
         Families fitted to the validation σ of the uncertainty heads (best KS p-value wins).
     robust : bool
         Trimmed (robust) distribution fits.
+    per_element : "auto", true or false
+        One error fit, σ fit, N and pair of cutoffs per chemical element, each atom judged by its
+        element's cutoffs; ``auto`` (default): when the data set has more than one element.
     sweep_points : int
         Points per axis of the stored precision/recall/F1 sweep grid.
     """
 
     seed_frames: int = spec(5, check=lambda x: x >= 2, expected="an integer >= 2")
+    seeds: tuple[int, ...] = DEFAULT_SEEDS
     seed: int = 0
     val_fraction: float = spec(0.2, check=lambda x: 0 < x < 1, expected="a fraction in (0, 1)")
     max_iterations: int = spec(20, check=lambda x: x >= 1, expected="an integer >= 1")
@@ -153,6 +198,8 @@ class ProtocolSettings:
     candidates: tuple[str, ...] = spec(_FAMILIES, check=lambda t: len(t) > 0 and set(t) <= set(_FAMILIES),
                                        expected=f"a non-empty list from {list(_FAMILIES)}")
     robust: bool = False
+    per_element: typing.Union[bool, str] = spec("auto", check=lambda x: x in ("auto", True, False),
+                                                expected="auto, true or false")
     sweep_points: int = spec(40, check=lambda x: x >= 2, expected="an integer >= 2")
 
 
@@ -199,12 +246,37 @@ class BenchmarkConfig:
         """Settings of one method's head (empty if none given)."""
         return dict(self.heads.get(method, {}))
 
+    def for_seed(self, seed: int) -> BenchmarkConfig:
+        """The configuration of the run with seed ``seed`` (see the module notes on seeds).
+
+        ``protocol.seed`` becomes ``seed``; ``model.seed``, ``training.seed``, ``heads.gp.seed``
+        and ``heads.ensemble.train_config.seed`` (when given) are shifted by
+        ``SEED_STRIDE * seed``. Seed 0 leaves every setting as written.
+        """
+        shift = SEED_STRIDE * int(seed)
+        model = {**self.model, "seed": int(self.model.get("seed", 0)) + shift}
+        training = dataclasses.replace(self.training, seed=self.training.seed + shift)
+        heads = {k: dict(v) for k, v in self.heads.items()}
+        gp = heads.setdefault("gp", {})
+        gp["seed"] = int(gp.get("seed", 0)) + shift
+        ensemble = heads.get("ensemble", {})
+        given = ensemble.get("train_config")
+        if isinstance(given, TrainConfig):
+            ensemble["train_config"] = dataclasses.replace(given, seed=given.seed + shift)
+        elif isinstance(given, Mapping):
+            ensemble["train_config"] = {**given, "seed": int(given.get("seed", 0)) + shift}
+        return dataclasses.replace(self, protocol=dataclasses.replace(self.protocol, seed=int(seed)),
+                                   model=model, training=training, heads=heads)
+
     def settings(self) -> dict[str, Any]:
         """Resolved settings as JSON-ready data (stored in the results file)."""
+        protocol = dataclasses.asdict(self.protocol)
+        protocol.pop("seed")  # per run; the runs are protocol.seeds
+        protocol["seeds"] = list(self.protocol.seeds)
         return {
             "datasets": [d.describe() for d in self.datasets],
             "methods": list(self.methods),
-            "protocol": dataclasses.asdict(self.protocol),
+            "protocol": protocol,
             "model": dict(self.model),
             "training": self.training.to_dict(),
             "heads": {k: dict(v) for k, v in self.heads.items()},
@@ -213,13 +285,15 @@ class BenchmarkConfig:
     def fingerprint(self) -> str:
         """Digest of the settings that determine the results.
 
-        Budgets (``max_iterations``, ``max_labels``), the method list and the dataset list are
-        left out: raising a budget or adding a method continues an existing results file.
+        Budgets (``max_iterations``, ``max_labels``), the seeds, the method list and the dataset
+        list are left out: raising a budget or adding a method or a seed continues an existing
+        results file (every run is stored under its own seed).
         """
         settings = self.settings()
         protocol = dict(settings["protocol"])
         protocol.pop("max_iterations")
         protocol.pop("max_labels")
+        protocol.pop("seeds")
         training = dict(settings["training"])
         training.pop("progress", None)
         data = {"protocol": protocol, "model": settings["model"], "training": training,
@@ -255,12 +329,18 @@ def parse_benchmark_config(data: Any, *, source: Path | None = None, text: str =
     for key in ("datasets", "methods"):
         if key not in data:
             raise ConfigError(f"{ctx.where}: missing key {key} ({_TOP_LEVEL[key]})")
+    ctx.special[(ProtocolSettings, "seeds")] = _seeds
     datasets = _datasets(data["datasets"], ctx)
     methods = convert(data["methods"], tuple[Literal[METHODS], ...], "methods", ctx)
     if not methods or len(set(methods)) != len(methods):
         raise ctx.error("methods", data["methods"],
                         f"a non-empty list of distinct methods from {list(METHODS)}")
+    if isinstance(data.get("protocol"), Mapping) and "seed" in data["protocol"]:
+        raise ConfigError(f"{ctx.where}: protocol.seed is no longer read; use protocol.seeds (a count k "
+                          f"for seeds 0 … k-1, or a list, e.g. seeds: [{data['protocol']['seed']!r}] for "
+                          "that single seed)")
     protocol = build(ProtocolSettings, data.get("protocol"), "protocol", ctx)
+    protocol = dataclasses.replace(protocol, seed=protocol.seeds[0])
     model = _fields(ModelConfig, data.get("model"), "model", ctx, skip=("species",))
     training = TrainConfig(**_fields(TrainConfig, data.get("training"), "training", ctx))
     heads = _heads(data.get("heads"), ctx)
@@ -279,6 +359,24 @@ _TOP_LEVEL = {
 }
 
 
+def _seeds(section: Mapping, key: str, ctx: Context) -> tuple[int, ...]:
+    """``protocol.seeds``: a count k (seeds 0 … k-1) or a non-empty list of distinct integers >= 0."""
+    value = section["seeds"]
+    expected = "a count k >= 1 (seeds 0 … k-1) or a non-empty list of distinct integers >= 0"
+
+    def integer(x) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    if integer(value):
+        if value < 1:
+            raise ctx.error(key, value, expected)
+        return tuple(range(value))
+    if not isinstance(value, list) or not value or not all(integer(x) and x >= 0 for x in value) \
+            or len(set(value)) != len(value):
+        raise ctx.error(key, value, expected)
+    return tuple(int(x) for x in value)
+
+
 def _datasets(value: Any, ctx: Context) -> tuple[DatasetSpec, ...]:
     if not isinstance(value, list) or not value:
         raise ctx.error("datasets", value, "a non-empty list of {name, path} entries")
@@ -288,16 +386,19 @@ def _datasets(value: Any, ctx: Context) -> tuple[DatasetSpec, ...]:
         parsed = build(_DatasetInput, entry, key, ctx)
         if parsed.name in {s.name for s in specs}:
             raise ctx.error(f"{key}.name", parsed.name, "a name not used by another dataset")
-        if not parsed.path.is_file():
-            raise DataError(f"{ctx.where}: {key}.path: dataset file {parsed.path} not found")
+        paths = parsed.path if isinstance(parsed.path, tuple) else (parsed.path,)
+        for j, path in enumerate(paths):
+            if not path.is_file():
+                where = f"{key}.path" + (f"[{j}]" if isinstance(parsed.path, tuple) else "")
+                raise DataError(f"{ctx.where}: {where}: dataset file {path} not found")
         pairs = []
         for k, v in parsed.select.items():
             values = [v] if isinstance(v, (str, int, float)) and not isinstance(v, bool) else v
             if not isinstance(values, list) or not values:
                 raise ctx.error(f"{key}.select.{k}", v, "a value or a non-empty list of values")
             pairs.append((str(k), tuple(str(x) for x in values)))
-        specs.append(DatasetSpec(name=parsed.name, path=parsed.path, select=tuple(pairs), first=parsed.first,
-                                 count=parsed.count))
+        specs.append(DatasetSpec(name=parsed.name, paths=paths, select=tuple(pairs), first=parsed.first,
+                                 count=parsed.count, formula=parsed.formula, stride=parsed.stride))
     return tuple(specs)
 
 

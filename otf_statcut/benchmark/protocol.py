@@ -16,9 +16,14 @@ and it repeats until no candidate remains or a budget is spent.
 
 Choices the paper leaves open, and what this implementation does:
 
-* **Seed.** ``protocol.seed_frames`` frames (default 5) drawn uniformly from the whole sampling
-  set with ``protocol.seed``; the same seed frames and the same first split for every method, so
-  all methods start from the same data.
+* **Seed.** Every (dataset, method, seed) of ``protocol.seeds`` (default 5 seeds, 0 … 4) is one
+  run. Its run seed ``s`` seeds every random choice of the run (see
+  :meth:`~otf_statcut.benchmark.config.BenchmarkConfig.for_seed`): ``protocol.seed_frames``
+  frames (default 5) drawn uniformly from the whole sampling set with ``s``, the train/validation
+  split, the random method's draws, and, shifted by ``1000·s``, the NequIP weight
+  initialisation (ensemble members: that seed + k), the batch shuffling and the GP's inducing
+  points. For one seed, every method starts from the same seed frames and the same first split;
+  different seeds start from different ones.
 * **Split.** Each batch of frames entering the data set (the seed, then every iteration's
   additions) is split on its own with ``val_fraction`` (default 0.2; at least one validation
   frame in the seed; a batch of one frame trains). Frames never change sides, so validation
@@ -43,12 +48,13 @@ Choices the paper leaves open, and what this implementation does:
 * **Stopping.** ``converged``: no candidate left; ``exhausted``: every sampling frame labelled;
   ``max_iterations`` / ``label_budget``: a budget stopped it. Frames selected when a budget stops
   the run are not labelled, so the final data set is the one the last model was trained on and
-  the DFT labels used equal the final data-set size.
+  the DFT labels used equal the final data-set size. Each seed's run stops on its own. The frame
+  counts of a record (``n_between``, ``n_above``) count only frames not yet in the data set.
 * **Resume.** Everything the next step needs (data-set positions, split, per-frame σ, cutoffs) is
   stored with each iteration; the next selection is recomputed from the file with the current
   budgets. Warm-start weights (potential and head) of the last completed iteration are kept in
-  ``<output>/checkpoints/<dataset>/<method>/<iteration>/``. Raising a budget continues a finished
-  run.
+  ``<output>/checkpoints/<dataset>/<method>/seed_<s>/<iteration>/``. Raising a budget continues a
+  finished run; adding a seed runs only the new seed.
 """
 
 from __future__ import annotations
@@ -62,11 +68,13 @@ from pathlib import Path
 
 import numpy as np
 
-from otf_statcut.data import train_val_split
+from otf_statcut.data.stratified import StratifiedSplitter
+from otf_statcut.engine.decision import SEVERITY_HALT, SEVERITY_LABEL, severity
+from otf_statcut.fit_cycle import CutoffSettings, element_counts, fit_cycle, force_errors
 from otf_statcut.errors import DataError, FitError, UserError
 from otf_statcut.io.benchmark_results import BenchmarkResults, IterationRecord, MethodSummary
 from otf_statcut.mlip import NequIPPotential
-from otf_statcut.stats import statistical_cutoffs
+from otf_statcut.stats.element_cutoffs import ElementCutoffs, cutoffs_to_dict, thresholds
 from otf_statcut.uq import load_head, make_head
 
 from .config import TRUE_ERROR_METHODS, BenchmarkConfig, ProtocolSettings
@@ -78,8 +86,8 @@ __all__ = ["run_method", "seed_frames", "next_step", "NextStep", "head_name", "O
 
 log = logging.getLogger("otf_statcut.benchmark")
 
-#: ``observer(dataset, method, record)`` is called after each iteration is stored.
-Observer = Callable[[str, str, IterationRecord], None]
+#: ``observer(dataset, method, seed, record)`` is called after each iteration is stored.
+Observer = Callable[[str, str, int, IterationRecord], None]
 
 
 def head_name(method: str) -> str:
@@ -88,7 +96,8 @@ def head_name(method: str) -> str:
 
 
 def seed_frames(n_frames: int, protocol: ProtocolSettings) -> tuple[list[int], list[bool]]:
-    """The seed data set: positions drawn with ``protocol.seed`` and their validation flags."""
+    """The seed data set: positions drawn with ``protocol.seed`` (the run seed) and their
+    validation flags."""
     if protocol.seed_frames >= n_frames:
         raise DataError(f"protocol.seed_frames = {protocol.seed_frames} but the sampling set has only "
                         f"{n_frames} frames; use fewer seed frames")
@@ -97,12 +106,10 @@ def seed_frames(n_frames: int, protocol: ProtocolSettings) -> tuple[list[int], l
     return chosen, _val_flags(len(chosen), protocol, batch=0)
 
 
-def _val_flags(n: int, protocol: ProtocolSettings, batch: int) -> list[bool]:
-    _, val = train_val_split(list(range(n)), protocol.val_fraction, seed=protocol.seed * 100_003 + batch)
-    flags = [False] * n
-    for i in val:
-        flags[i] = True
-    return flags
+def _val_flags(n: int, protocol: ProtocolSettings, batch: int) -> list:
+    """Placeholders (``None``) for the validation flags of ``n`` new frames: the iteration places
+    them with the stratified splitter (:meth:`_Run.splits`), which needs the whole data set."""
+    return [None] * n
 
 
 @dataclass(frozen=True)
@@ -122,7 +129,8 @@ def next_step(method: str, iteration: int, frame_sigma: np.ndarray, minimum: flo
     Parameters
     ----------
     method : str
-        Benchmark method (``random`` draws instead of ranking).
+        Benchmark method (``random`` draws instead of ranking, seeded by the run seed
+        ``protocol.seed`` and ``iteration``).
     iteration : int
         The iteration just completed.
     frame_sigma : array, shape (n_frames,)
@@ -162,13 +170,15 @@ class _Run:
     """State of one dataset/method run (internal to :func:`run_method`)."""
 
     def __init__(self, sampling: SamplingSet, method: str, config: BenchmarkConfig, store: BenchmarkResults,
-                 checkpoints: Path):
+                 checkpoints: Path, seed: int = 0):
         self.sampling = sampling
         self.method = method
-        self.config = config
-        self.protocol = config.protocol
+        self.seed = int(seed)
+        # every seeded choice of the run (model, training, heads, split, draws) follows this seed
+        self.config = config.for_seed(self.seed)
+        self.protocol = self.config.protocol
         self.store = store
-        self.checkpoints = checkpoints / sampling.name / method
+        self.checkpoints = checkpoints / sampling.name / method / f"seed_{self.seed}"
         self.labeller = ReplayLabeler(sampling)
         self.labels: dict[int, object] = {}
         self.references = sampling.reference_forces()
@@ -193,8 +203,8 @@ class _Run:
         folder = self.checkpoints / str(iteration)
         if not (self.protocol.warm_start and (folder / "potential").is_dir()):
             if self.protocol.warm_start:
-                log.warning("%s %s: no checkpoint of iteration %d in %s; the next model trains from scratch",
-                            self.sampling.name, self.method, iteration, folder)
+                log.warning("%s %s seed %d: no checkpoint of iteration %d in %s; the next model trains from "
+                            "scratch", self.sampling.name, self.method, self.seed, iteration, folder)
             return
         self.potential = NequIPPotential.load(folder / "potential", species=self.sampling.species)
         if (folder / "head").is_dir():
@@ -217,49 +227,110 @@ class _Run:
                 shutil.rmtree(child)
 
     # ---------------------------------------------------------------- one iteration
-    def iteration(self, iteration: int, labelled: list[int], is_val: list[bool]):
+    def splits(self, iteration: int, labelled: list[int], is_val: list) -> tuple[list[bool], list[int]]:
+        """Validation flags of the data set and the indices of the new frames: flags already fixed
+        are kept, the new frames (flag ``None``) are placed by the stratified splitter, in a seeded
+        order within the batch."""
+        frames = self.label(labelled)
+        known = [i for i, v in enumerate(is_val) if v is not None]
+        splitter = StratifiedSplitter.from_frames(self.protocol.val_fraction, [frames[i] for i in known],
+                                                  [int(bool(is_val[i])) for i in known])
+        new = [i for i, v in enumerate(is_val) if v is None]
+        rng = np.random.default_rng([self.protocol.seed, iteration, 0x5B17])
+        flags = [bool(v) if v is not None else False for v in is_val]
+        for k in rng.permutation(len(new)):
+            flags[new[k]] = bool(splitter.assign(frames[new[k]]))
+        return flags, new
+
+    @property
+    def cutoff_settings(self) -> CutoffSettings:
+        """How this method's cutoffs are fitted (oracle and random: σ is the error, a Maxwell)."""
+        candidates = ("maxwell",) if self.method in TRUE_ERROR_METHODS else tuple(self.protocol.candidates)
+        per_element = self.protocol.per_element
+        return CutoffSettings(max_error=self.protocol.max_error, candidates=candidates, robust=self.protocol.robust,
+                              per_element=None if per_element == "auto" else bool(per_element))
+
+    def element_n(self) -> dict[str, int]:
+        """N per element: that element's atoms in the sampling set."""
+        return element_counts(np.concatenate([f.get_chemical_symbols() for f in self.sampling.frames]))
+
+    def error_schemes(self, cycle, errors, sigma, symbols) -> dict[str, np.ndarray]:
+        """Diagnostic: sampling atoms above the error cutoff under the grouping schemes of
+        :mod:`otf_statcut.stats.states` (global Maxwell, per element, per element with errors
+        scaled by the head's σ) and how many each expects (one per group)."""
+        from otf_statcut.stats.states import error_cutoffs
+
+        schemes = ["global", "element"] + ([] if self.method in TRUE_ERROR_METHODS else ["scaled"])
+        above, expected = [], []
+        for scheme in schemes:
+            scaled = scheme == "scaled"
+            try:
+                fit = error_cutoffs(cycle.val_errors, cycle.val_symbols, symbols, scheme=scheme,
+                                    val_scale=cycle.val_sigma if scaled else None,
+                                    sampling_scale=sigma if scaled else None)
+                above.append(fit.count_above(errors))
+                expected.append(fit.expected)
+            except (DataError, FitError, UserError) as exc:
+                log.debug("error scheme %s not fitted: %s", scheme, exc)
+                above.append(-1)
+                expected.append(np.nan)
+        return {"scheme_names": np.asarray(schemes, dtype="S16"),
+                "scheme_n_above_error": np.asarray(above, dtype=np.int64),
+                "scheme_expected": np.asarray(expected, dtype=float)}
+
+    # ---------------------------------------------------------------- one iteration
+    def iteration(self, iteration: int, labelled: list[int], is_val: list):
         start = time.perf_counter()
+        is_val, new = self.splits(iteration, labelled, is_val)
         frames = self.label(labelled)
         train = [f for f, v in zip(frames, is_val) if not v]
         val = [f for f, v in zip(frames, is_val) if v]
         if not train or not val:
             raise DataError(f"{self.sampling.name}: iteration {iteration} has {len(train)} training and "
                             f"{len(val)} validation frames; both must be non-empty (protocol.val_fraction)")
-        model_config = self.config.model_config(self.sampling.species)
+        warm = self.potential is not None and self.protocol.warm_start
         if self.potential is None or not self.protocol.warm_start:
-            self.potential = NequIPPotential.build(model_config, train)
-        self.potential.fit(train, val, self.config.training, warm_start=True)
+            self.potential = NequIPPotential.build(self.config.model_config(self.sampling.species), train)
         if self.head is None:
             self.head = self.new_head()
-        predictions = self.potential.predict(list(self.sampling.frames), stress=False,
-                                             features=self.head.needs_features)
+        labelled_set = set(int(p) for p in labelled)
+        others = [p for p in range(len(self.sampling)) if p not in labelled_set]
+        n = self.element_n()
+        cycle = fit_cycle(self.potential, self.head, train, val, train_config=self.config.training,
+                          warm_start=warm, n=n, settings=self.cutoff_settings, new_frames=[frames[i] for i in new],
+                          also_predict=[self.sampling.frames[p] for p in others])
+        if cycle.cutoffs is None:
+            raise DataError(f"{self.sampling.name} {self.method} iteration {iteration}: {cycle.cutoff_failure}; "
+                            "use more seed frames or a larger val_fraction")
+        train_time = time.perf_counter() - start
+        # Predictions of every sampling frame, in sampling order.
+        predictions: list = [None] * len(self.sampling)
         train_pos = [p for p, v in zip(labelled, is_val) if not v]
         val_pos = [p for p, v in zip(labelled, is_val) if v]
-        self.head.fit(self.potential, train, val, train_predictions=[predictions[p] for p in train_pos],
-                      val_predictions=[predictions[p] for p in val_pos])
-        train_time = time.perf_counter() - start
-        sigma = self.head.predict(list(self.sampling.frames), predictions)
-        errors = [np.linalg.norm(p.forces - ref, axis=1) for p, ref in zip(predictions, self.references)]
+        for p, pred in zip(train_pos + val_pos, cycle.train_predictions + cycle.val_predictions):
+            predictions[p] = pred
+        for p, pred in zip(others, cycle.extra_predictions):
+            predictions[p] = pred
+        sampling_frames = list(self.sampling.frames)
+        sigma = self.head.predict(sampling_frames, predictions)
+        errors = force_errors(sampling_frames, predictions)
+        symbols = [np.asarray(f.get_chemical_symbols(), dtype=str) for f in sampling_frames]
+        cut = cycle.cutoffs
+        val_errors, val_sigma = cycle.val_errors, cycle.val_sigma
 
-        val_errors = np.concatenate([errors[p] for p in val_pos])
-        val_sigma = np.concatenate([sigma[p] for p in val_pos])
-        n = self.sampling.n_atoms
-        candidates = ("maxwell",) if self.method in TRUE_ERROR_METHODS else self.protocol.candidates
-        try:
-            cut = statistical_cutoffs(val_errors, val_sigma, n, self.protocol.max_error, candidates,
-                                      self.protocol.robust)
-        except (FitError, UserError) as exc:
-            raise DataError(f"{self.sampling.name} {self.method} iteration {iteration}: cannot fit the "
-                            f"validation errors/σ ({exc}); use more seed frames or a larger "
-                            "val_fraction") from exc
-
+        all_symbols = np.concatenate(symbols)
         frame_sigma = frame_max(sigma)
         frame_error = frame_max(errors)
+        # Selection on severity: each atom's σ through its element's cutoffs (minimum -> 1,
+        # maximum -> 2), so one per-frame number ranks frames of a multi-element system.
+        frame_severity = np.array([float(np.max(severity(s, cut, sym))) for s, sym in zip(sigma, symbols)])
         all_errors, all_sigma = np.concatenate(errors), np.concatenate(sigma)
-        step = next_step(self.method, iteration, frame_sigma, cut.minimum, cut.maximum, labelled,
+        step = next_step(self.method, iteration, frame_severity, SEVERITY_LABEL, SEVERITY_HALT, labelled,
                          self.protocol)
-        between, above = frame_counts(frame_sigma, cut.minimum, cut.maximum)
-        cls = classification(all_errors, all_sigma, cut.error_cutoff, cut.minimum)
+        between, above = frame_counts(frame_severity, SEVERITY_LABEL, SEVERITY_HALT, labelled)
+        sigma_min_atom, _, error_cut_atom = thresholds(cut, all_symbols)
+        cls = classification(all_errors, all_sigma, error_cut_atom, sigma_min_atom)
+        summary = cut.pooled_cutoffs if isinstance(cut, ElementCutoffs) else cut
         n_frames = len(self.sampling)
         record = IterationRecord(
             iteration=iteration,
@@ -281,44 +352,63 @@ class _Run:
             mean_error_train=mean_or_nan([errors[p] for p in train_pos]),
             mean_error_val=float(val_errors.mean()),
             mean_error_sampling=float(all_errors.mean()),
-            error_cutoff=float(cut.error_cutoff),
-            sigma_minimum=float(cut.minimum),
-            sigma_maximum=float(cut.maximum),
-            error_fit=cut.error_fit.name,
-            sigma_fit=cut.uncertainty_fit.name,
-            sigma_fit_pvalue=float(cut.uncertainty_fit.ks_pvalue),
-            n_screened=n,
+            error_cutoff=float(summary.error_cutoff),
+            sigma_minimum=float(summary.minimum),
+            sigma_maximum=float(summary.maximum),
+            error_fit=summary.error_fit.name,
+            sigma_fit=summary.uncertainty_fit.name,
+            sigma_fit_pvalue=float(summary.uncertainty_fit.ks_pvalue),
+            n_screened=int(sum(n.values())),
             train_time=train_time,
             wall_time=time.perf_counter() - start,
         )
+        elements = sorted(cut.by_element) if isinstance(cut, ElementCutoffs) else ["all"]
+        per = [cut.by_element[e] for e in elements] if isinstance(cut, ElementCutoffs) else [cut]
+        masks = [all_symbols == e for e in elements] if isinstance(cut, ElementCutoffs) else \
+            [np.ones(all_symbols.size, dtype=bool)]
         arrays = {
             "labelled": np.asarray(labelled, dtype=np.int64),
             "is_val": np.asarray(is_val, dtype=bool),
             "selected": step.selected,
             "frame_sigma": frame_sigma,
+            "frame_severity": frame_severity,
             "frame_error": frame_error,
             "sampling_errors": all_errors,
             "sampling_sigma": all_sigma,
             "val_errors": val_errors,
             "val_sigma": val_sigma,
-            **sweep_grids(all_errors, all_sigma, cut.error_cutoff, cut.minimum, self.protocol.sweep_points),
+            # per element ("all" with global cutoffs): cutoffs, N and sampling atoms above the
+            # element's error cutoff (the method expects about 1 per element)
+            "element_symbols": np.asarray(elements, dtype="S8"),
+            "element_n": np.asarray([c.n for c in per], dtype=np.int64),
+            "element_error_cutoff": np.asarray([c.error_cutoff for c in per]),
+            "element_sigma_minimum": np.asarray([c.minimum for c in per]),
+            "element_sigma_maximum": np.asarray([c.maximum for c in per]),
+            "element_n_above_error": np.asarray([int(np.count_nonzero(all_errors[m] > c.error_cutoff))
+                                                 for m, c in zip(masks, per)], dtype=np.int64),
+            **self.error_schemes(cycle, all_errors, all_sigma, all_symbols),
+            **sweep_grids(all_errors, all_sigma, summary.error_cutoff, summary.minimum, self.protocol.sweep_points),
         }
         fits = {
-            "error_fit": cut.error_fit.to_dict(),
-            "sigma_fit": cut.uncertainty_fit.to_dict(),
-            "sigma_candidates": [f.to_dict() for f in cut.uncertainty_candidates],
-            "cutoffs": {"n": n, "error_cutoff": cut.error_cutoff, "minimum": cut.minimum,
-                        "maximum": cut.maximum, "max_error": cut.max_error, "clamped": cut.clamped},
+            "error_fit": summary.error_fit.to_dict(),
+            "sigma_fit": summary.uncertainty_fit.to_dict(),
+            "sigma_candidates": [f.to_dict() for f in summary.uncertainty_candidates],
+            "cutoffs": {"n": int(sum(n.values())), "error_cutoff": summary.error_cutoff, "minimum": summary.minimum,
+                        "maximum": summary.maximum, "max_error": summary.max_error, "clamped": summary.clamped},
+            "all_cutoffs": cutoffs_to_dict(cut),
+            "retrain": cycle.retrain.to_dict(),
         }
         return record, arrays, fits, step
 
 
-def summarise(dataset: str, method: str, status: str, records: Sequence[IterationRecord]) -> MethodSummary:
+def summarise(dataset: str, method: str, seed: int, status: str,
+              records: Sequence[IterationRecord]) -> MethodSummary:
     """The final summary of a run from its records."""
     last = records[-1]
     return MethodSummary(
         dataset=dataset,
         method=method,
+        seed=int(seed),
         status=status,
         iterations=len(records),
         final_dataset_size=last.dataset_size,
@@ -337,10 +427,10 @@ def summarise(dataset: str, method: str, status: str, records: Sequence[Iteratio
     )
 
 
-def format_record(dataset: str, method: str, r: IterationRecord) -> str:
+def format_record(dataset: str, method: str, seed: int, r: IterationRecord) -> str:
     """The one-line log of an iteration."""
     return (
-        f"{dataset} {method:<8} it {r.iteration:>2}: size {r.dataset_size:>4} (+{r.n_added:<3}) "
+        f"{dataset} {method:<8} s{seed:<2} it {r.iteration:>2}: size {r.dataset_size:>4} (+{r.n_added:<3}) "
         f"err train/val/samp {r.mean_error_train:.3f}/{r.mean_error_val:.3f}/"
         f"{r.mean_error_sampling:.3f} eV/Å | "
         f"cut err {r.error_cutoff:.3f} σ [{r.sigma_minimum:.3f}, {r.sigma_maximum:.3f}] ({r.sigma_fit}) | "
@@ -351,8 +441,9 @@ def format_record(dataset: str, method: str, r: IterationRecord) -> str:
 
 
 def run_method(sampling: SamplingSet, method: str, config: BenchmarkConfig, store: BenchmarkResults, *,
-               checkpoints: Path, observers: Sequence[Observer] = (), progress=None) -> MethodSummary:
-    """Run (or resume, or skip if finished) the protocol for one dataset and method.
+               seed: int = 0, checkpoints: Path, observers: Sequence[Observer] = (),
+               progress=None) -> MethodSummary:
+    """Run (or resume, or skip if finished) the protocol for one dataset, method and seed.
 
     Parameters
     ----------
@@ -361,13 +452,15 @@ def run_method(sampling: SamplingSet, method: str, config: BenchmarkConfig, stor
     method : str
         One of :data:`otf_statcut.benchmark.config.METHODS`.
     config : BenchmarkConfig
-        The validated benchmark input.
+        The validated benchmark input (:meth:`~BenchmarkConfig.for_seed` is applied here).
     store : BenchmarkResults
         The results file (already initialised, dataset written).
+    seed : int
+        The run seed (one of ``config.protocol.seeds``); the run is stored under ``seed_<seed>``.
     checkpoints : Path
         Folder of the warm-start checkpoints.
     observers : sequence of callables
-        ``observer(dataset, method, record)`` after each stored iteration.
+        ``observer(dataset, method, seed, record)`` after each stored iteration.
     progress : tqdm-like, optional
         Updated once per iteration (``update``, ``set_postfix_str``).
 
@@ -376,59 +469,70 @@ def run_method(sampling: SamplingSet, method: str, config: BenchmarkConfig, stor
     MethodSummary
     """
     name = sampling.name
-    run = _Run(sampling, method, config, store, checkpoints)
-    records = store.completed(name, method)
-    status, _ = store.status(name, method)
+    seed = int(seed)
+    run = _Run(sampling, method, config, store, checkpoints, seed)
+    protocol = run.protocol  # the run's settings: protocol.seed is the run seed
+    records = store.completed(name, method, seed=seed)
+    status, _ = store.status(name, method, seed=seed)
+    label = f"{name} {method} seed {seed}"
     if records:
         last = records[-1]
-        arrays = store.iteration_arrays(name, method, -1)
+        arrays = store.iteration_arrays(name, method, -1, seed=seed)
         labelled = [int(i) for i in arrays["labelled"]]
         is_val = [bool(v) for v in arrays["is_val"]]
-        step = next_step(method, last.iteration, arrays["frame_sigma"], last.sigma_minimum,
-                         last.sigma_maximum, labelled, config.protocol)
+        step = next_step(method, last.iteration, *_selection_inputs(arrays, last), labelled, protocol)
         if step.status != "running":
-            summary = summarise(name, method, step.status, records)
+            summary = summarise(name, method, seed, step.status, records)
             if status != step.status:
                 store.finish(summary, _reason(step.status))
-            log.info("%s %s: finished earlier (%s after %d iterations, %d frames)", name, method, step.status,
+            log.info("%s: finished earlier (%s after %d iterations, %d frames)", label, step.status,
                      len(records), last.dataset_size)
             if progress is not None:
                 progress.update(len(records))
             return summary
         if status != "running":
-            store.reopen(name, method)
-        log.info("%s %s: resuming after iteration %d from %s", name, method, last.iteration, store.path)
+            store.reopen(name, method, seed=seed)
+        log.info("%s: resuming after iteration %d from %s", label, last.iteration, store.path)
         if progress is not None:
             progress.update(len(records))
         run.restore(last.iteration)
         iteration = last.iteration + 1
         labelled, is_val = labelled + [int(i) for i in step.selected], \
-            is_val + _val_flags(step.selected.size, config.protocol, batch=iteration)
+            is_val + _val_flags(step.selected.size, protocol, batch=iteration)
     else:
         iteration = 0
-        labelled, is_val = seed_frames(len(sampling), config.protocol)
+        labelled, is_val = seed_frames(len(sampling), protocol)
 
     while True:
         record, arrays, fits, step = run.iteration(iteration, labelled, is_val)
         run.save_checkpoint(iteration)
-        store.append_iteration(name, method, record, arrays, fits)
+        store.append_iteration(name, method, record, arrays, fits, seed=seed)
         run.prune_checkpoints(keep=iteration)
         records.append(record)
-        log.info(format_record(name, method, record))
+        log.info(format_record(name, method, seed, record))
         if progress is not None:
             progress.update(1)
-            progress.set_postfix_str(f"{name} {method} size {record.dataset_size} F1 {record.f1:.2f}")
+            progress.set_postfix_str(f"{name} {method} s{seed} size {record.dataset_size} F1 {record.f1:.2f}")
         for observer in observers:
-            observer(name, method, record)
+            observer(name, method, seed, record)
         if step.status != "running":
-            summary = summarise(name, method, step.status, records)
+            summary = summarise(name, method, seed, step.status, records)
             store.finish(summary, _reason(step.status))
-            log.info("%s %s: %s after %d iterations; final data set %d frames", name, method,
+            log.info("%s: %s after %d iterations; final data set %d frames", label,
                      _reason(step.status), len(records), record.dataset_size)
             return summary
         iteration += 1
         labelled = labelled + [int(i) for i in step.selected]
-        is_val = is_val + _val_flags(step.selected.size, config.protocol, batch=iteration)
+        # the flags the iteration fixed (frames never change sides), then placeholders for the new
+        is_val = [bool(v) for v in arrays["is_val"]] + _val_flags(step.selected.size, protocol, batch=iteration)
+
+
+def _selection_inputs(arrays: dict, last: IterationRecord) -> tuple[np.ndarray, float, float]:
+    """What the stored iteration selected on: per-frame severity with the severity thresholds
+    when stored, else (older iterations) per-frame σ with the record's cutoffs."""
+    if "frame_severity" in arrays:
+        return arrays["frame_severity"], SEVERITY_LABEL, SEVERITY_HALT
+    return arrays["frame_sigma"], last.sigma_minimum, last.sigma_maximum
 
 
 def _reason(status: str) -> str:

@@ -3,8 +3,9 @@
 As FLARE's ``FakeMD``/``FakeDFT`` pair does, a benchmark replaces the two expensive parts of
 on-the-fly learning by recordings, passed in memory:
 
-* :class:`SamplingSet` plays the dynamics: the configurations of a labelled file, in file order
-  (the sampling order), optionally filtered by ``atoms.info`` values and sliced;
+* :class:`SamplingSet` plays the dynamics: the configurations of one or more labelled files, in
+  file order (the sampling order), optionally filtered by ``atoms.info`` values and chemical
+  formula, and sliced (first, stride, count);
 * :class:`ReplayLabeler` plays the DFT code: a :class:`~otf_statcut.labelers.Labeler` whose
   "calculation" looks the configuration up in the recording. It goes through the same labeller
   contract (copies, checks, retries) as GPAW in ``otf-statcut run``, and its call count is the
@@ -40,7 +41,7 @@ class SamplingSet:
     name : str
         Dataset name (results group).
     path : str
-        File the frames came from.
+        File the frames came from (several joined by " + ").
     frames : tuple of ase.Atoms
         Labelled frames; ``info["replay_index"]`` is each frame's position.
     """
@@ -82,6 +83,9 @@ class SamplingSet:
 def load_sampling_set(spec: DatasetSpec, *, min_frames: int = 2) -> SamplingSet:
     """Read, filter and slice a dataset as its :class:`DatasetSpec` says.
 
+    The files are read in the order given and joined; then ``select`` (``atoms.info`` values) and
+    ``formula`` filter, and ``frames[first::stride][:count]`` is the sampling set.
+
     Parameters
     ----------
     spec : DatasetSpec
@@ -92,24 +96,32 @@ def load_sampling_set(spec: DatasetSpec, *, min_frames: int = 2) -> SamplingSet:
     Raises
     ------
     DataError
-        If the file is missing or unreadable, a frame has no energy/forces, or too few frames
-        remain after ``select``/``first``/``count`` (the message names the file and the key).
+        If a file is missing or unreadable, a frame has no energy/forces, or too few frames
+        remain after ``select``/``formula``/``first``/``stride``/``count`` (the message names the
+        file and the key).
     """
-    frames = read_frames(spec.path)
+    where = " + ".join(str(p) for p in spec.paths)
+    frames = [atoms for path in spec.paths for atoms in read_frames(path)]
     for key, values in spec.select:
         frames = [a for a in frames if str(a.info.get(key)) in values]
         if not frames:
-            raise DataError(f"{spec.path}: no frame has info '{key}' in {list(values)} "
+            raise DataError(f"{where}: no frame has info '{key}' in {list(values)} "
                             f"(dataset {spec.name!r}, key 'select.{key}')")
-    stop = None if spec.count is None else spec.first + spec.count
-    frames = frames[spec.first:stop]
+    if spec.formula:
+        found = sorted({a.get_chemical_formula() for a in frames})
+        frames = [a for a in frames if a.get_chemical_formula() in spec.formula]
+        if not frames:
+            raise DataError(f"{where}: no frame has a formula in {list(spec.formula)} "
+                            f"(dataset {spec.name!r}, key 'formula'; formulas there: {', '.join(found[:8])}"
+                            f"{' ...' if len(found) > 8 else ''})")
+    frames = frames[spec.first::spec.stride][:spec.count]
     if len(frames) < min_frames:
-        raise DataError(f"{spec.path}: dataset {spec.name!r} has {len(frames)} frame(s) after "
-                        f"select/first/count; the benchmark needs at least {min_frames} "
+        raise DataError(f"{where}: dataset {spec.name!r} has {len(frames)} frame(s) after "
+                        f"select/formula/first/stride/count; the benchmark needs at least {min_frames} "
                         "(protocol.seed_frames + 1)")
     for index, atoms in enumerate(frames):
         atoms.info[REPLAY_KEY] = index
-    return SamplingSet(name=spec.name, path=str(spec.path), frames=tuple(frames))
+    return SamplingSet(name=spec.name, path=where, frames=tuple(frames))
 
 
 class ReplayLabeler(Labeler):

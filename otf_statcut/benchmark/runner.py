@@ -1,19 +1,22 @@
-"""Run a whole benchmark: every dataset × method, in turn or spread over MPI ranks.
+"""Run a whole benchmark: every dataset × method × seed, in turn or spread over MPI ranks.
 
-``otf-statcut benchmark input.yaml`` runs every (dataset, method) pair in turn. Launched as
-``mpiexec -n K otf-statcut benchmark input.yaml``, the K ranks share the pairs through a
-claims file (:class:`TaskQueue`): an idle rank takes the next unclaimed pair, heaviest first
-(:func:`task_weight`), so several datasets (the paper's second test) or several methods of one
-dataset run side by side and no rank idles while work is left. Each rank trains its own models
-with ``threads`` torch threads (keep it 1 and use one rank per core: torch threads on a busy
-machine slow down badly). All ranks
-write to the one results file, one locked write per iteration (see
-:mod:`otf_statcut.io.benchmark_results`); rank 0 writes the CSV summary at the end.
+A *run* is one (dataset, method, seed) triple. ``otf-statcut benchmark input.yaml`` runs them in
+turn, seed by seed (every dataset and method of seed 0 first, so the first complete comparison
+comes early). Launched as ``mpiexec -n K otf-statcut benchmark input.yaml``, the K ranks share
+the runs through a claims file (:class:`TaskQueue`): an idle rank takes the next unclaimed run,
+heaviest first (:func:`task_weight`, ties seed by seed), so several datasets (the paper's second
+test), methods or seeds run side by side and no rank idles while work is left. Each rank trains
+its own models with ``threads`` torch threads (keep it 1 and use one rank per core: torch threads
+on a busy machine slow down badly). All ranks write to the one results file, one locked write per
+iteration (see :mod:`otf_statcut.io.benchmark_results`); a run resumes on its own (finished runs
+are skipped, an interrupted one continues after its last stored iteration). Rank 0 writes the CSV
+summaries at the end.
 
 Output folder::
 
-    results.h5          per dataset/method/iteration records and arrays (resumable)
-    summary.csv         one row per dataset/method
+    results.h5          per dataset/method/seed/iteration records and arrays (resumable)
+    summary.csv         one row per dataset/method/seed (finished runs)
+    summary_mean.csv    one row per dataset/method: mean ± sd over seeds, labels to reach the oracle
     checkpoints/        warm-start weights of the last completed iteration of each run
 """
 
@@ -28,19 +31,26 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from otf_statcut.errors import UserError
-from otf_statcut.io.benchmark_results import BenchmarkResults, MethodSummary, write_summary_csv
+from otf_statcut.io.benchmark_results import (
+    BenchmarkResults,
+    MethodSummary,
+    write_seed_statistics_csv,
+    write_summary_csv,
+)
 
 from .config import BenchmarkConfig
+from .metrics import SeedStatistics, seed_statistics
 from .protocol import Observer, run_method
 from .replay import load_sampling_set
 
-__all__ = ["run_benchmark", "TaskQueue", "order_tasks", "task_weight", "world", "RESULTS_FILE",
-           "SUMMARY_FILE", "CHECKPOINT_DIR", "CLAIMS_FILE"]
+__all__ = ["run_benchmark", "benchmark_tables", "write_tables", "TaskQueue", "order_tasks", "task_weight",
+           "world", "RESULTS_FILE", "SUMMARY_FILE", "MEAN_SUMMARY_FILE", "CHECKPOINT_DIR", "CLAIMS_FILE"]
 
 log = logging.getLogger("otf_statcut.benchmark")
 
 RESULTS_FILE = "results.h5"
 SUMMARY_FILE = "summary.csv"
+MEAN_SUMMARY_FILE = "summary_mean.csv"
 CHECKPOINT_DIR = "checkpoints"
 CLAIMS_FILE = ".claims.json"
 _MPI_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "PMIX_SIZE")
@@ -62,7 +72,7 @@ def world():
 
 
 def task_weight(config: BenchmarkConfig, method: str) -> float:
-    """Rough relative cost of one dataset/method run, to start the heaviest first.
+    """Rough relative cost of one dataset/method/seed run, to start the heaviest first.
 
     The ensemble trains ``n_members`` models per iteration; random sampling rarely runs out of
     candidates and usually runs to its budget (weight 2); every other method weighs 1.
@@ -116,7 +126,7 @@ class TaskQueue:
 
 def run_benchmark(config: BenchmarkConfig, output, *, restart: bool = False, comm=None,
                   observers: Sequence[Observer] = (), progress: bool = True) -> list[MethodSummary]:
-    """Run every dataset × method of a benchmark, resuming from ``output`` if it holds results.
+    """Run every dataset × method × seed of a benchmark, resuming from ``output`` if it holds results.
 
     Parameters
     ----------
@@ -136,8 +146,8 @@ def run_benchmark(config: BenchmarkConfig, output, *, restart: bool = False, com
     Returns
     -------
     list of MethodSummary
-        On rank 0 (or without MPI): every dataset/method, in input order. On other ranks: the
-        runs that rank did.
+        On rank 0 (or without MPI): every finished run, sorted by dataset, method (input order)
+        and seed. On other ranks: the runs that rank did.
 
     Raises
     ------
@@ -169,7 +179,8 @@ def run_benchmark(config: BenchmarkConfig, output, *, restart: bool = False, com
     def prepare():
         output.mkdir(parents=True, exist_ok=True)
         if restart:
-            for path in (store.path, output / CHECKPOINT_DIR, output / SUMMARY_FILE):
+            for path in (store.path, output / CHECKPOINT_DIR, output / SUMMARY_FILE,
+                         output / MEAN_SUMMARY_FILE):
                 if path.is_dir():
                     shutil.rmtree(path)
                 elif path.exists():
@@ -187,14 +198,16 @@ def run_benchmark(config: BenchmarkConfig, output, *, restart: bool = False, com
             store.write_dataset(s.name, path=s.path, frame_sizes=s.frame_sizes, species=s.species)
 
     together(describe)
-    tasks = [(spec.name, method) for spec in config.datasets for method in config.methods]
-    queue = TaskQueue(output / CLAIMS_FILE, order_tasks(tasks, [task_weight(config, m) for _, m in tasks]))
+    seeds = config.protocol.seeds
+    tasks = [(spec.name, method, seed) for seed in seeds for spec in config.datasets
+             for method in config.methods]
+    queue = TaskQueue(output / CLAIMS_FILE, order_tasks(tasks, [task_weight(config, m) for _, m, _ in tasks]))
     if size > 1:
         together(queue.reset)
         comm.Barrier()
         next_task = queue.claim
     else:
-        pending = iter(tasks)  # one process: the input order
+        pending = iter(tasks)  # one process: the input order, seed by seed
         next_task = lambda: next(pending, None)  # noqa: E731
     # with several ranks a rank does not know in advance how many runs it will take
     total = len(tasks) * config.protocol.max_iterations if size == 1 else None
@@ -202,11 +215,11 @@ def run_benchmark(config: BenchmarkConfig, output, *, restart: bool = False, com
     with tqdm(total=total, desc="benchmark", unit="it", disable=not progress or rank != 0,
               dynamic_ncols=True) as bar:
         while (task := next_task()) is not None:
-            dataset, method = task
+            dataset, method, seed = task
             if size > 1:
-                log.info("rank %d takes %s/%s", rank, dataset, method)
+                log.info("rank %d takes %s/%s/seed %d", rank, dataset, method, seed)
             done_before = bar.n
-            summary = run_method(samplings[dataset], method, config, store,
+            summary = run_method(samplings[dataset], method, config, store, seed=seed,
                                  checkpoints=output / CHECKPOINT_DIR, observers=observers, progress=bar)
             if total is not None:  # iterations a run did not need count as done: the bar ends at 100 %
                 bar.update(max(0, done_before + config.protocol.max_iterations - bar.n))
@@ -217,10 +230,27 @@ def run_benchmark(config: BenchmarkConfig, output, *, restart: bool = False, com
             queue.path.unlink(missing_ok=True)
     if rank != 0:
         return summaries
-    everything = []
-    for dataset, method in tasks:
-        stored = store.summary(dataset, method)
-        if stored is not None:
-            everything.append(stored)
-    write_summary_csv(output / SUMMARY_FILE, everything)
+    order = [(d.name, m, s) for d in config.datasets for m in config.methods for s in seeds]
+    everything = [x for d, m, s in order if (x := store.summary(d, m, seed=s)) is not None]
+    write_tables(store, everything, output)
     return everything
+
+
+def benchmark_tables(store: BenchmarkResults, summaries: Sequence[MethodSummary]
+                     ) -> tuple[list[SeedStatistics], dict]:
+    """Over-seeds statistics of finished runs (:func:`~otf_statcut.benchmark.metrics.seed_statistics`),
+    with each run's learning curve read from ``store``."""
+    curves = {}
+    for s in summaries:
+        records = store.completed(s.dataset, s.method, seed=s.seed)
+        curves[(s.dataset, s.method, s.seed)] = ([r.dataset_size for r in records],
+                                                 [r.mean_error_sampling for r in records])
+    return seed_statistics(summaries, curves)
+
+
+def write_tables(store: BenchmarkResults, summaries: Sequence[MethodSummary], output) -> list[SeedStatistics]:
+    """Write ``summary.csv`` (one row per run) and ``summary_mean.csv`` (over seeds) into ``output``."""
+    rows, per_run = benchmark_tables(store, summaries)
+    write_summary_csv(Path(output) / SUMMARY_FILE, summaries, per_run)
+    write_seed_statistics_csv(Path(output) / MEAN_SUMMARY_FILE, rows)
+    return rows

@@ -1,11 +1,15 @@
 """``otf-statcut benchmark input.yaml``: replay labelled datasets through the active-learning protocol.
 
-Runs every dataset × method of the input (see :mod:`otf_statcut.benchmark.config`), resuming
-from the output folder when it already holds results, and prints one line per iteration and a
-summary table. ``mpiexec -n K otf-statcut benchmark input.yaml`` spreads the runs over K ranks.
+Runs every dataset × method × seed of the input (see :mod:`otf_statcut.benchmark.config`),
+resuming from the output folder when it already holds results, and prints one line per iteration
+and, at the end, the table over seeds (one row per dataset × method: mean ± sd of DFT labels,
+iterations, final sampling and validation errors, and the labels needed to come within 10 % of the
+same seed's oracle). ``mpiexec -n K otf-statcut benchmark input.yaml`` spreads the runs over K
+ranks.
 
 Output folder: ``-o``, else the input's ``output`` key, else ``./<input stem>-results``; it
-holds ``results.h5``, ``summary.csv``, ``benchmark.log`` and ``checkpoints/``.
+holds ``results.h5``, ``summary.csv`` (one row per run), ``summary_mean.csv`` (over seeds),
+``benchmark.log`` and ``checkpoints/``.
 """
 
 from __future__ import annotations
@@ -83,7 +87,9 @@ def _logging(folder: Path, quiet: bool, rank_prefix: str):
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark; returns 0. User mistakes raise :class:`~otf_statcut.errors.UserError`."""
     from otf_statcut.benchmark import load_benchmark_config, run_benchmark
-    from otf_statcut.benchmark.runner import world
+    from otf_statcut.benchmark.runner import (MEAN_SUMMARY_FILE, RESULTS_FILE, SUMMARY_FILE, benchmark_tables,
+                                              world)
+    from otf_statcut.io.benchmark_results import BenchmarkResults
 
     config = load_benchmark_config(args.input)
     folder = output_folder(args.output, config, args.input)
@@ -94,18 +100,43 @@ def run(args: argparse.Namespace) -> int:
         summaries = run_benchmark(config, folder, restart=args.restart, comm=comm,
                                   progress=not args.no_progress)
     if rank == 0:
-        print(_table(summaries))
-        print(f"results: {folder / 'results.h5'}  summary: {folder / 'summary.csv'}")
+        rows, _ = benchmark_tables(BenchmarkResults(folder / RESULTS_FILE), summaries)
+        print(seed_table(rows))
+        print(f"results: {folder / RESULTS_FILE}  per run: {folder / SUMMARY_FILE}  "
+              f"over seeds: {folder / MEAN_SUMMARY_FILE}")
     return 0
 
 
-def _table(summaries) -> str:
-    head = (f"{'dataset':<14} {'method':<9} {'status':<15} {'iter':>4} {'frames':>6} {'err samp':>9} "
-            f"{'F1':>5} {'coverage':>8} {'time (s)':>9}")
+def _pm(mean: float, sd: float, digits: int) -> str:
+    """``mean ± sd``; the mean alone when sd is undefined (one seed); ``-`` when nothing."""
+    if mean != mean:  # NaN
+        return "-"
+    return f"{mean:.{digits}f}" if sd != sd else f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def seed_table(rows) -> str:
+    """The table over seeds printed at the end (rows: :class:`~otf_statcut.benchmark.metrics.SeedStatistics`).
+
+    ``labels to 1.1×oracle``: mean ± sd over the seeds whose sampling error came within 10 % of
+    the same seed's oracle, then (reached/seeds with a finished oracle run); ``not reached`` when
+    none did.
+    """
+    head = (f"{'dataset':<14} {'method':<9} {'seeds':>5} {'DFT labels':>13} {'iterations':>11} "
+            f"{'err sampling':>15} {'err validation':>15} {'labels to 1.1×oracle':>22}  status")
     lines = [head, "-" * len(head)]
-    for s in summaries:
-        lines.append(f"{s.dataset:<14} {s.method:<9} {s.status:<15} {s.iterations:>4} "
-                     f"{s.final_dataset_size:>6} "
-                     f"{s.final_mean_error_sampling:>9.4f} {s.final_f1:>5.2f} {s.final_coverage:>8.2f} "
-                     f"{s.wall_time:>9.1f}")
+    for r in rows:
+        if r.labels_to_oracle_runs == 0:
+            reach = "no oracle"
+        elif r.labels_to_oracle_reached == 0:
+            reach = f"not reached (0/{r.labels_to_oracle_runs})"
+        else:
+            reach = (f"{_pm(r.labels_to_oracle_mean, r.labels_to_oracle_sd, 1)} "
+                     f"({r.labels_to_oracle_reached}/{r.labels_to_oracle_runs})")
+        lines.append(f"{r.dataset:<14} {r.method:<9} {r.n_seeds:>5} "
+                     f"{_pm(r.dft_labels_mean, r.dft_labels_sd, 1):>13} "
+                     f"{_pm(r.iterations_mean, r.iterations_sd, 1):>11} "
+                     f"{_pm(r.final_mean_error_sampling_mean, r.final_mean_error_sampling_sd, 4):>15} "
+                     f"{_pm(r.final_mean_error_val_mean, r.final_mean_error_val_sd, 4):>15} {reach:>22}  "
+                     f"{r.statuses}")
+    lines.append("errors: mean |ΔF| in eV/Å at the last iteration; ± is the sample sd over seeds")
     return "\n".join(lines)

@@ -1,21 +1,27 @@
-"""The benchmark results file: one HDF5 file per benchmark, plus a CSV summary.
+"""The benchmark results file: one HDF5 file per benchmark, plus the CSV summaries.
 
 This module is the only code that writes (or lays out) a benchmark results file. The file is
 opened, written and closed for every iteration under an exclusive ``fcntl`` lock on
-``<file>.lock``, so several MPI ranks (each running its own dataset/method pairs) can share one
-file without parallel HDF5, and a killed run leaves a closed, readable file behind.
+``<file>.lock``, so several MPI ranks (each running its own dataset/method/seed runs) can share
+one file without parallel HDF5, and a killed run leaves a closed, readable file behind.
 
-Layout (schema ``otf-statcut/benchmark``, version :data:`SCHEMA_VERSION`)::
+Layout (schema ``otf-statcut/benchmark``, version :data:`SCHEMA_VERSION`); one *run* per
+dataset, method and seed::
 
     /                                attrs: schema, schema_version, otf_statcut_version, created,
                                             input (the YAML text), settings (JSON), fingerprint
     /<dataset>/                      attrs: path, n_frames, n_atoms, species (JSON)
     /<dataset>/frame_sizes           int64 (n_frames,)   atoms per sampling frame, in sampling order
-    /<dataset>/<method>/             attrs: status, stop_reason, wall_time (s), + final summary
-    /<dataset>/<method>/records      compound (n_iterations,): one row per completed iteration,
-                                     columns = fields of :class:`IterationRecord`
-    /<dataset>/<method>/iterations/<i>/   arrays of iteration i (see :data:`ITERATION_ARRAYS`);
-                                     attrs: error_fit, sigma_fit (JSON: name, params, ks_pvalue, n)
+    /<dataset>/<method>/             one group per run seed, nothing else
+    /<dataset>/<method>/seed_<s>/    attrs: seed, status, stop_reason, wall_time (s), + final summary
+    /<dataset>/<method>/seed_<s>/records   compound (n_iterations,): one row per completed
+                                     iteration, columns = fields of :class:`IterationRecord`
+    /<dataset>/<method>/seed_<s>/iterations/<i>/   arrays of iteration i (see
+                                     :data:`ITERATION_ARRAYS`); attrs: error_fit, sigma_fit,
+                                     sigma_candidates, cutoffs (JSON)
+
+Files of schema version 1 (one run per dataset/method, no seed groups) are refused with a one-line
+message: re-run the benchmark into a new folder, or with ``--restart``.
 
 An iteration is *complete* when its row is in ``records``; the row is written after the
 iteration's arrays, so an interruption in between leaves an orphan ``iterations/<i>`` group,
@@ -48,17 +54,22 @@ from otf_statcut.errors import DataError, UserError
 __all__ = [
     "SCHEMA",
     "SCHEMA_VERSION",
+    "SEED_GROUP",
     "STATUSES",
     "ITERATION_ARRAYS",
+    "OPTIONAL_ARRAYS",
     "IterationRecord",
     "MethodSummary",
     "BenchmarkResults",
     "write_summary_csv",
+    "write_seed_statistics_csv",
     "record_columns",
 ]
 
 SCHEMA = "otf-statcut/benchmark"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Prefix of the run groups: ``/<dataset>/<method>/seed_<s>``.
+SEED_GROUP = "seed_"
 #: Method status values: ``running`` until one of the others ends it.
 STATUSES = ("running", "converged", "exhausted", "max_iterations", "label_budget")
 
@@ -75,8 +86,9 @@ class IterationRecord:
 
     Per-atom classification statistics compare the sampling set's per-atom force-error magnitudes
     with the error cutoff and per-atom σ with the minimum uncertainty cutoff (strictly above =
-    high error / uncertain); frame counts classify each frame's maximum σ with the shared decision
-    rule (``minimum <= max σ <= maximum`` labels, ``max σ > maximum`` halts).
+    high error / uncertain); frame counts classify the maximum σ of each frame not yet in the
+    data set with the shared decision rule (``minimum <= max σ <= maximum`` labels,
+    ``max σ > maximum`` halts).
     """
 
     iteration: int = _col("", "active-learning index, from 0", "i4")
@@ -89,8 +101,8 @@ class IterationRecord:
     stopped_at: int = _col("", "sampling position of the first frame above the maximum cutoff (-1: none)",
                            "i4")
     coverage: float = _col("", "fraction of the sampling order walked before stopping", "f8")
-    n_between: int = _col("frames", "sampling frames with minimum <= max σ <= maximum", "i4")
-    n_above: int = _col("frames", "sampling frames with max σ > maximum", "i4")
+    n_between: int = _col("frames", "unlabelled sampling frames with minimum <= max σ <= maximum", "i4")
+    n_above: int = _col("frames", "unlabelled sampling frames with max σ > maximum", "i4")
     n_true_positive: int = _col("atoms", "sampling atoms with high error and high σ", "i4")
     n_uncertain: int = _col("atoms", "sampling atoms with σ > minimum cutoff", "i4")
     n_high_error: int = _col("atoms", "sampling atoms with error > error cutoff", "i4")
@@ -157,13 +169,28 @@ ITERATION_ARRAYS: dict[str, tuple[str, str]] = {
     "sweep_f1": ("f4", "F1 over the same grid"),
 }
 
+#: Arrays of ``iterations/<i>`` written when the protocol gives them: name -> (dtype, description).
+#: Any other array given is stored too, with its own dtype.
+OPTIONAL_ARRAYS: dict[str, tuple[str, str]] = {
+    "frame_severity": ("f8", "per sampling frame: max per-atom severity (σ through its element's "
+                             "cutoffs: minimum -> 1, maximum -> 2); what the selection ranks, stored "
+                             "exactly for resume"),
+    "element_symbols": ("S8", "elements of the cutoffs ('all' for one global set)"),
+    "element_n": ("i8", "per element: N of its cutoffs"),
+    "element_error_cutoff": ("f8", "per element: error cutoff (eV/Å)"),
+    "element_sigma_minimum": ("f8", "per element: minimum σ cutoff (eV/Å)"),
+    "element_sigma_maximum": ("f8", "per element: maximum σ cutoff (eV/Å)"),
+    "element_n_above_error": ("i8", "per element: sampling atoms above its error cutoff"),
+}
+
 
 @dataclass(frozen=True)
 class MethodSummary:
-    """Final summary of one dataset/method run (attributes of its group, one CSV row)."""
+    """Final summary of one dataset/method/seed run (attributes of its group, one CSV row)."""
 
     dataset: str
     method: str
+    seed: int
     status: str
     iterations: int
     final_dataset_size: int
@@ -273,6 +300,11 @@ class BenchmarkResults:
         if schema != SCHEMA:
             raise DataError(f"{self.path}: attribute 'schema' is {schema!r}, expected {SCHEMA!r} "
                             "(not an otf-statcut benchmark results file)")
+        if version == 1:
+            raise DataError(f"{self.path}: schema_version 1 (one run per dataset/method, written before "
+                            f"seeds); this otf-statcut reads version {SCHEMA_VERSION} (runs under "
+                            "/<dataset>/<method>/seed_<s>): re-run the benchmark into a new folder or with "
+                            "--restart")
         if version != SCHEMA_VERSION:
             raise DataError(f"{self.path}: attribute 'schema_version' is {version!r}, "
                             f"this version of otf-statcut reads {SCHEMA_VERSION}")
@@ -298,36 +330,41 @@ class BenchmarkResults:
             g.create_dataset("frame_sizes", data=sizes)
 
     def append_iteration(self, dataset: str, method: str, record: IterationRecord,
-                         arrays: Mapping[str, np.ndarray], fits: Mapping[str, Mapping[str, Any]]) -> None:
-        """Store one completed iteration (arrays first, then its ``records`` row).
+                         arrays: Mapping[str, np.ndarray], fits: Mapping[str, Mapping[str, Any]], *,
+                         seed: int) -> None:
+        """Store one completed iteration of a run (arrays first, then its ``records`` row).
 
         Parameters
         ----------
         dataset, method : str
             Group names.
         record : IterationRecord
-            Its ``iteration`` must equal the number of rows already stored.
+            Its ``iteration`` must equal the number of rows already stored for the run.
         arrays : mapping
-            Every key of :data:`ITERATION_ARRAYS`.
+            Every key of :data:`ITERATION_ARRAYS`; keys of :data:`OPTIONAL_ARRAYS` and any others
+            are stored too.
         fits : mapping
             ``{"error_fit": {...}, "sigma_fit": {...}}`` JSON-ready descriptions of the fits.
+        seed : int
+            The run seed (group ``seed_<seed>``).
         """
         missing = sorted(set(ITERATION_ARRAYS) - set(arrays))
         if missing:
             raise ValueError(f"iteration arrays missing: {missing}")
         with self._open("a") as f:
-            g = self._method_group(f, dataset, method)
+            g = self._run_group(f, dataset, method, seed)
             n_done = g["records"].shape[0]
             if record.iteration != n_done:
-                raise ValueError(f"{dataset}/{method}: iteration {record.iteration} written after "
-                                 f"{n_done} rows")
+                raise ValueError(f"{dataset}/{method}/seed {seed}: iteration {record.iteration} written "
+                                 f"after {n_done} rows")
             iters = g.require_group("iterations")
             key = str(record.iteration)
             if key in iters:  # an orphan from an interrupted write
                 del iters[key]
             it = iters.create_group(key)
-            for name, (dtype, _doc) in ITERATION_ARRAYS.items():
-                data = np.asarray(arrays[name], dtype=dtype)
+            for name, value in arrays.items():
+                known = ITERATION_ARRAYS.get(name) or OPTIONAL_ARRAYS.get(name)
+                data = np.asarray(value, dtype=known[0]) if known else np.asarray(value)
                 compress = {"compression": "gzip", "compression_opts": 4} if data.size > 256 else {}
                 it.create_dataset(name, data=data, **compress)
             for name, value in fits.items():
@@ -338,33 +375,40 @@ class BenchmarkResults:
             g.attrs["status"] = "running"
 
     def finish(self, summary: MethodSummary, stop_reason: str) -> None:
-        """Mark a method finished: status, stop reason and the summary as group attributes."""
+        """Mark a run finished: status, stop reason and the summary as attributes of its group."""
         if summary.status not in STATUSES[1:]:
             raise ValueError(f"final status {summary.status!r} not one of {STATUSES[1:]}")
         with self._open("a") as f:
-            g = self._method_group(f, summary.dataset, summary.method)
+            g = self._run_group(f, summary.dataset, summary.method, summary.seed)
             for key, value in dataclasses.asdict(summary).items():
                 if key not in ("dataset", "method"):
                     g.attrs[key] = value
             g.attrs["stop_reason"] = stop_reason
 
-    def reopen(self, dataset: str, method: str) -> None:
-        """Mark a finished method as running again (its budget was raised); keeps its iterations."""
+    def reopen(self, dataset: str, method: str, *, seed: int) -> None:
+        """Mark a finished run as running again (its budget was raised); keeps its iterations."""
         with self._open("a") as f:
-            g = self._method_group(f, dataset, method)
+            g = self._run_group(f, dataset, method, seed)
             g.attrs["status"] = "running"
             g.attrs["stop_reason"] = ""
 
     @staticmethod
-    def _method_group(f: h5py.File, dataset: str, method: str) -> h5py.Group:
+    def _run_group(f: h5py.File, dataset: str, method: str, seed: int) -> h5py.Group:
         if dataset not in f:
             raise KeyError(f"dataset {dataset!r} not written yet (call write_dataset first)")
-        g = f[dataset].require_group(method)
+        g = f[dataset].require_group(method).require_group(f"{SEED_GROUP}{int(seed)}")
         if "records" not in g:
             g.create_dataset("records", shape=(0,), maxshape=(None,), dtype=_RECORD_DTYPE, chunks=(64,))
+            g.attrs["seed"] = int(seed)
             g.attrs["status"] = "running"
             g.attrs["stop_reason"] = ""
         return g
+
+    @staticmethod
+    def _find(f: h5py.File, dataset: str, method: str, seed: int) -> h5py.Group | None:
+        """The run group, or None if nothing is stored for it."""
+        key = f"{dataset}/{method}/{SEED_GROUP}{int(seed)}"
+        return f[key] if key in f else None
 
     # ------------------------------------------------------------------------------ reading
     def datasets(self) -> list[str]:
@@ -376,6 +420,18 @@ class BenchmarkResults:
         """Methods with at least a group under ``dataset``."""
         with self._open("r") as f:
             return [k for k in f[dataset].keys() if isinstance(f[dataset][k], h5py.Group)]
+
+    def seeds(self, dataset: str, method: str) -> list[int]:
+        """Seeds with a run group under ``dataset/method``, ascending."""
+        with self._open("r") as f:
+            if dataset not in f or method not in f[dataset]:
+                return []
+            return sorted(int(k[len(SEED_GROUP):]) for k in f[dataset][method].keys()
+                          if k.startswith(SEED_GROUP) and k[len(SEED_GROUP):].isdigit())
+
+    def runs(self) -> list[tuple[str, str, int]]:
+        """Every stored ``(dataset, method, seed)``: datasets sorted, methods as stored, seeds ascending."""
+        return [(d, m, s) for d in self.datasets() for m in self.methods(d) for s in self.seeds(d, m)]
 
     def dataset_info(self, dataset: str) -> dict[str, Any]:
         """``path``, ``n_frames``, ``n_atoms``, ``species`` and ``frame_sizes`` of a sampling set."""
@@ -389,48 +445,52 @@ class BenchmarkResults:
                 "frame_sizes": g["frame_sizes"][()],
             }
 
-    def status(self, dataset: str, method: str) -> tuple[str, str]:
-        """``(status, stop_reason)``; ``("new", "")`` when nothing is stored yet."""
+    def status(self, dataset: str, method: str, *, seed: int = 0) -> tuple[str, str]:
+        """``(status, stop_reason)`` of a run; ``("new", "")`` when nothing is stored yet."""
         with self._open("r") as f:
-            if dataset not in f or method not in f[dataset]:
+            g = self._find(f, dataset, method, seed)
+            if g is None:
                 return "new", ""
-            g = f[dataset][method]
             return str(g.attrs.get("status", "running")), str(g.attrs.get("stop_reason", ""))
 
-    def completed(self, dataset: str, method: str) -> list[IterationRecord]:
-        """Records of the completed iterations, in order (empty when none)."""
+    def completed(self, dataset: str, method: str, *, seed: int = 0) -> list[IterationRecord]:
+        """Records of the completed iterations of a run, in order (empty when none)."""
         with self._open("r") as f:
-            if dataset not in f or method not in f[dataset]:
+            g = self._find(f, dataset, method, seed)
+            if g is None:
                 return []
-            rows = f[dataset][method]["records"][()]
+            rows = g["records"][()]
         return [IterationRecord.from_row(row) for row in rows]
 
-    def iteration_arrays(self, dataset: str, method: str, iteration: int) -> dict[str, Any]:
-        """Arrays of one completed iteration, plus its fits under ``"fits"``.
+    def iteration_arrays(self, dataset: str, method: str, iteration: int, *, seed: int = 0) -> dict[str, Any]:
+        """Arrays of one completed iteration of a run, plus its fits under ``"fits"``.
 
         ``iteration`` may be negative (``-1``: the last completed one).
         """
-        records = self.completed(dataset, method)
+        records = self.completed(dataset, method, seed=seed)
         if not records:
-            raise DataError(f"{self.path}: no completed iteration for {dataset}/{method}")
+            raise DataError(f"{self.path}: no completed iteration for {dataset}/{method}/seed {seed}")
         index = range(len(records))[iteration]
         with self._open("r") as f:
-            it = f[dataset][method]["iterations"][str(index)]
+            it = self._find(f, dataset, method, seed)["iterations"][str(index)]
             data: dict[str, Any] = {name: it[name][()] for name in it.keys()}
             data["fits"] = {k: json.loads(str(v)) for k, v in it.attrs.items()}
         data["iteration"] = index
+        data["seed"] = int(seed)
         return data
 
-    def summary(self, dataset: str, method: str) -> MethodSummary | None:
-        """The stored final summary, or None while the method has not finished."""
+    def summary(self, dataset: str, method: str, *, seed: int = 0) -> MethodSummary | None:
+        """The stored final summary of a run, or None while it has not finished."""
         with self._open("r") as f:
-            if dataset not in f or method not in f[dataset]:
+            g = self._find(f, dataset, method, seed)
+            if g is None:
                 return None
-            attrs = dict(f[dataset][method].attrs)
+            attrs = dict(g.attrs)
         if str(attrs.get("status", "running")) not in STATUSES[1:]:
             return None
         names = [x.name for x in dataclasses.fields(MethodSummary)]
         values = {k: _plain(attrs[k]) for k in names if k in attrs}
+        values["seed"] = int(seed)
         return MethodSummary(dataset=dataset, method=method, **{k: v for k, v in values.items()
                                                                   if k not in ("dataset", "method")})
 
@@ -442,18 +502,53 @@ class BenchmarkResults:
         return attrs
 
 
-def write_summary_csv(path, summaries: Sequence[MethodSummary]) -> Path:
-    """Write one CSV row per dataset/method summary (columns = :class:`MethodSummary` fields)."""
+def write_summary_csv(path, summaries: Sequence[MethodSummary],
+                      oracle: Mapping[tuple[str, str, int], tuple[float, float]] | None = None) -> Path:
+    """Write one CSV row per dataset/method/seed run.
+
+    Columns: the :class:`MethodSummary` fields, then ``oracle_target`` (1.1 × the final sampling
+    error of the oracle run with the same dataset and seed; ``nan`` without one) and
+    ``labels_to_oracle`` (data-set size of the first iteration at or below that target; ``nan``:
+    not reached), both from ``oracle`` (``(dataset, method, seed) -> (target, labels)``, as
+    :func:`otf_statcut.benchmark.metrics.seed_statistics` returns it; left out when None).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     names = [x.name for x in dataclasses.fields(MethodSummary)]
+    if oracle is not None:
+        names += ["oracle_target", "labels_to_oracle"]
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=names)
         writer.writeheader()
         for s in summaries:
             row = dataclasses.asdict(s)
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+            if oracle is not None:
+                nan = float("nan")
+                target, labels = oracle.get((s.dataset, s.method, s.seed), (nan, nan))
+                row["oracle_target"], row["labels_to_oracle"] = target, labels
+            writer.writerow({k: _cell(v) for k, v in row.items()})
     return path
+
+
+def write_seed_statistics_csv(path, rows: Sequence) -> Path:
+    """Write the over-seeds table (one row per dataset × method; columns = fields of
+    :class:`otf_statcut.benchmark.metrics.SeedStatistics`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = list(rows)
+    with open(path, "w", newline="") as handle:
+        if not rows:
+            return path
+        names = [x.name for x in dataclasses.fields(rows[0])]
+        writer = csv.DictWriter(handle, fieldnames=names)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: _cell(v) for k, v in dataclasses.asdict(r).items()})
+    return path
+
+
+def _cell(value):
+    return f"{value:.6g}" if isinstance(value, float) else value
 
 
 def _plain(value):

@@ -7,14 +7,22 @@ all figures of a file; the other functions build one :class:`~matplotlib.figure.
 Files written (``<d>`` dataset, ``<m>`` method; ``all`` aggregates several datasets):
 
 ==============================  =================================================================
-``curves_<d>.png``              Fig. 4/5: errors, frame counts, classification counts, precision/
-                                recall/F1 vs data-set size; data-set size and coverage vs iteration
-``sweeps_<d>_<m>.png``          Fig. 3: precision, recall, F1 over error × σ cutoffs, first and
-                                last iteration, statistical cutoffs dotted
-``parity_<d>.png``              SI Fig. 1: σ vs error per method (validation and sampling atoms)
-``calibration_<d>.png``         SI Fig. 2: Maxwell calibration curves per method, miscalibration area
-``distributions_<d>_<m>.png``   Fig. 2: validation/sampling errors and σ with fits and cutoffs
+``learning_<d>.png``            all seeds: sampling error vs DFT labels per method, mean over
+                                seeds with a ±1 sd band (each seed's curve interpolated on the
+                                labels axis), each seed's final point, 1.1 × the oracle's mean
+                                final error dashed; ``learning_all.png``: the datasets side by side
+``curves_<d>.png``              one seed: Fig. 4/5: errors, frame counts (unlabelled frames),
+                                classification counts, precision/recall/F1 vs data-set size;
+                                data-set size and coverage vs iteration
+``sweeps_<d>_<m>.png``          one seed: Fig. 3: precision, recall, F1 over error × σ cutoffs,
+                                first and last iteration, statistical cutoffs dotted
+``parity_<d>.png``              one seed: SI Fig. 1: σ vs error per method (validation and sampling atoms)
+``calibration_<d>.png``         one seed: SI Fig. 2: Maxwell calibration curves per method
+``distributions_<d>_<m>.png``   one seed: Fig. 2: validation/sampling errors and σ with fits and cutoffs
 ==============================  =================================================================
+
+"One seed" is ``seed`` of :func:`plot_benchmark` (``otf-statcut plot --seed``), by default the
+lowest seed stored (normally 0); those figures say which in their title.
 """
 
 from __future__ import annotations
@@ -38,7 +46,11 @@ from .distributions import FitPanel, fit_figure, save_figure
 
 __all__ = [
     "MethodCurves",
+    "SeedCurve",
     "load_curves",
+    "load_seed_curves",
+    "band",
+    "learning_figure",
     "aggregate_curves",
     "curves_figure",
     "sweeps_figure",
@@ -86,11 +98,11 @@ def _column(records: Sequence[IterationRecord], name: str) -> np.ndarray:
     return np.array([getattr(r, name) for r in records], dtype=float)
 
 
-def load_curves(results: BenchmarkResults, dataset: str) -> list[MethodCurves]:
-    """Curves of every method of one dataset that has at least one completed iteration."""
+def load_curves(results: BenchmarkResults, dataset: str, seed: int = 0) -> list[MethodCurves]:
+    """Curves of every method of one dataset and seed that has at least one completed iteration."""
     curves = []
     for method in _ordered(results.methods(dataset)):
-        records = results.completed(dataset, method)
+        records = results.completed(dataset, method, seed=seed)
         if not records:
             continue
         names = [f for f in MethodCurves.__dataclass_fields__ if f not in ("method", "finished_at")]
@@ -127,6 +139,77 @@ def aggregate_curves(per_dataset: Sequence[Sequence[MethodCurves]]) -> list[Meth
     return out
 
 
+@dataclass(frozen=True)
+class SeedCurve:
+    """Sampling error against DFT labels of one run (one seed)."""
+
+    seed: int
+    labels: np.ndarray
+    error: np.ndarray
+
+
+def load_seed_curves(results: BenchmarkResults, dataset: str) -> dict[str, list[SeedCurve]]:
+    """Per method, the learning curve (labels, sampling error) of every seed with an iteration."""
+    out: dict[str, list[SeedCurve]] = {}
+    for method in _ordered(results.methods(dataset)):
+        for seed in results.seeds(dataset, method):
+            records = results.completed(dataset, method, seed=seed)
+            if records:
+                out.setdefault(method, []).append(SeedCurve(seed, _column(records, "dataset_size"),
+                                                            _column(records, "mean_error_sampling")))
+    return out
+
+
+def band(curves: Sequence[SeedCurve]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and sample sd over seeds on a common labels axis.
+
+    The axis is the union of the seeds' data-set sizes; each seed's curve is interpolated
+    linearly in log2(labels) between its iterations and held at its first / last value outside
+    them (a finished run keeps the error it stopped with). The sd is NaN for one seed.
+
+    Returns
+    -------
+    labels, mean, sd : arrays
+    """
+    grid = np.unique(np.concatenate([c.labels for c in curves]))
+    values = np.array([np.interp(np.log2(grid), np.log2(c.labels), c.error) for c in curves])
+    mean = values.mean(axis=0)
+    sd = values.std(axis=0, ddof=1) if len(curves) > 1 else np.full(grid.size, np.nan)
+    return grid, mean, sd
+
+
+def learning_figure(per_dataset: dict[str, dict[str, list[SeedCurve]]], title: str = "") -> Figure:
+    """Sampling error vs DFT labels per method over seeds, one panel per dataset.
+
+    Solid line: mean over seeds (:func:`band`); shaded: mean ± 1 sd; dots: each seed's final
+    point; dashed black: 1.1 × the oracle's final sampling error, mean over seeds (the target of
+    "labels to reach the oracle").
+    """
+    if not per_dataset:
+        raise UserError("no completed iteration to plot")
+    fig, axes = _figure(1, len(per_dataset), width=4.6, height=3.6)
+    for ax, (dataset, methods) in zip(axes[0], per_dataset.items()):
+        for method, curves in methods.items():
+            colour = COLOURS.get(method)
+            grid, mean, sd = band(curves)
+            ax.plot(grid, mean, color=colour, lw=1.6, label=f"{LABELS.get(method, method)} ({len(curves)})")
+            if np.isfinite(sd).any():
+                ax.fill_between(grid, mean - sd, mean + sd, color=colour, alpha=0.18, lw=0)
+            ax.scatter([c.labels[-1] for c in curves], [c.error[-1] for c in curves], color=colour, s=14,
+                       zorder=3)
+        if "oracle" in methods:
+            target = 1.1 * float(np.mean([c.error[-1] for c in methods["oracle"]]))
+            ax.axhline(target, color="black", ls="--", lw=0.9, label="1.1 × oracle final")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("DFT labels (data-set size)")
+        ax.set_ylabel("sampling mean |ΔF| (eV/Å)")
+        ax.set_title(f"{dataset}: mean ± sd over seeds", fontsize="small")
+        ax.legend(fontsize="x-small", title="method (seeds)", title_fontsize="x-small")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
 def _ordered(methods) -> list[str]:
     order = list(COLOURS)
     return sorted(methods, key=lambda m: (order.index(m) if m in order else len(order), m))
@@ -142,7 +225,7 @@ def curves_figure(curves: Sequence[MethodCurves], title: str = "") -> Figure:
     """The six Fig. 4/5 panels, all methods together.
 
     (a) mean error magnitude (sampling solid, validation dashed, training dotted) vs data-set size;
-    (b) sampling frames between the cutoffs (solid) and above the maximum (dashed) vs size;
+    (b) unlabelled sampling frames between the cutoffs (solid) and above the maximum (dashed) vs size;
     (c) data-set size vs iteration; (d) true positives (solid), uncertain (dashed) and high-error
     (dotted) atoms vs size; (e) precision (solid), recall (dashed), F1 (dotted) vs size;
     (f) coverage of the sampling order vs iteration.
@@ -175,7 +258,7 @@ def curves_figure(curves: Sequence[MethodCurves], title: str = "") -> Figure:
         ax.set_xlabel("data-set size (frames)")
     a.set_ylabel("mean |ΔF| (eV/Å)")
     a.set_title("(a) errors: sampling —, validation --, train ··", fontsize="small")
-    b.set_ylabel("sampling frames")
+    b.set_ylabel("unlabelled sampling frames")
     b.set_title("(b) between cutoffs —, above maximum --", fontsize="small")
     b.set_yscale("symlog", linthresh=1)
     b.set_ylim(bottom=0)
@@ -316,6 +399,58 @@ def distributions_figure(data: dict, method: str, title: str = "") -> Figure:
     return fig
 
 
+def _text(values) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(values).ravel()]
+
+
+def elements_figure(per_method: dict[str, list[dict]], title: str = "") -> Figure:
+    """Per element, per iteration: (a) sampling atoms above the element's error cutoff (about one
+    expected per element, dotted), (b) the element's minimum σ cutoff, (c) sampling atoms above
+    the error cutoff at the last iteration under the grouping schemes of
+    :mod:`otf_statcut.stats.states` (global / per element / per element with σ-scaled errors),
+    against the number each expects."""
+    fig, axes = _figure(1, 3, width=4.4)
+    styles = ("-", "--", ":", "-.")
+    elements: list[str] = []
+    for method, iterations in per_method.items():
+        colour = COLOURS.get(method, "grey")
+        names = _text(iterations[0].get("element_symbols", []))
+        for k, element in enumerate(names):
+            if element not in elements:
+                elements.append(element)
+            style = styles[elements.index(element) % len(styles)]
+            sizes = [it["size"] for it in iterations]
+            above = [int(it["element_n_above_error"][k]) for it in iterations]
+            minimum = [float(it["element_sigma_minimum"][k]) for it in iterations]
+            label = f"{LABELS.get(method, method)} {element}"
+            axes[0, 0].plot(sizes, above, style, color=colour, marker="o", ms=3, label=label)
+            axes[0, 1].plot(sizes, minimum, style, color=colour, marker="o", ms=3, label=label)
+    axes[0, 0].axhline(1.0, color="black", ls=":", lw=1)
+    axes[0, 0].set(xlabel="DFT labels", ylabel="sampling atoms above error cutoff", yscale="symlog",
+                   title="(a) per element (≈ 1 expected each)")
+    axes[0, 1].set(xlabel="DFT labels", ylabel="minimum σ cutoff (eV/Å)", title="(b) σ cutoff per element")
+    axes[0, 0].legend(fontsize=6)
+    # (c) grouping schemes, last iteration of each method
+    methods = [m for m, its in per_method.items() if "scheme_names" in its[-1]]
+    width = 0.8 / max(len(methods), 1)
+    for j, method in enumerate(methods):
+        last = per_method[method][-1]
+        names = _text(last["scheme_names"])
+        above = np.asarray(last["scheme_n_above_error"], dtype=float)
+        above[above < 0] = np.nan
+        x = np.arange(len(names)) + (j - (len(methods) - 1) / 2) * width
+        axes[0, 2].bar(x, above, width, color=COLOURS.get(method, "grey"), label=LABELS.get(method, method))
+        for xi, e in zip(x, np.asarray(last["scheme_expected"], dtype=float)):
+            axes[0, 2].plot([xi - width / 2, xi + width / 2], [e, e], color="black", lw=1)
+        axes[0, 2].set_xticks(np.arange(len(names)), names)
+    axes[0, 2].set(ylabel="sampling atoms above error cutoff", yscale="symlog",
+                   title="(c) schemes, last iteration (bar: expected)")
+    if methods:
+        axes[0, 2].legend(fontsize=6)
+    fig.suptitle(title)
+    return fig
+
+
 def _pick(records: Sequence[IterationRecord], which: str | int) -> int:
     if which == "first":
         return 0
@@ -327,7 +462,8 @@ def _pick(records: Sequence[IterationRecord], which: str | int) -> int:
     return index % len(records)
 
 
-def plot_benchmark(path, outdir=None, *, iteration: str | int = "first", fmt: str = "png") -> list[Path]:
+def plot_benchmark(path, outdir=None, *, iteration: str | int = "first", fmt: str = "png",
+                   seed: int | None = None) -> list[Path]:
     """Write every figure of a benchmark results file.
 
     Parameters
@@ -341,6 +477,9 @@ def plot_benchmark(path, outdir=None, *, iteration: str | int = "first", fmt: st
         the first); the sweeps always show the first and the last.
     fmt : str
         File type (``png``, ``pdf``, ``svg``).
+    seed : int, optional
+        The run seed of the per-iteration figures (curves, sweeps, parity, calibration,
+        distributions); default the lowest seed stored. The learning figures show every seed.
 
     Returns
     -------
@@ -350,11 +489,17 @@ def plot_benchmark(path, outdir=None, *, iteration: str | int = "first", fmt: st
     Raises
     ------
     UserError
-        Not a benchmark results file, or no completed iteration in it.
+        Not a benchmark results file, no completed iteration in it, or no run with ``seed``.
     """
     results = BenchmarkResults(path)
     results.check()
     outdir = Path(outdir) if outdir is not None else results.path.parent / "figures"
+    stored = sorted({s for _, _, s in results.runs()})
+    if seed is None:
+        seed = stored[0] if stored else 0
+    elif stored and seed not in stored:
+        raise UserError(f"{results.path}: no run with seed {seed} (seeds stored: "
+                        f"{' '.join(map(str, stored))})")
     outdir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
 
@@ -362,38 +507,56 @@ def plot_benchmark(path, outdir=None, *, iteration: str | int = "first", fmt: st
         written.append(save_figure(fig, outdir / f"{name}.{fmt}"))
 
     all_curves = []
+    learning: dict[str, dict[str, list[SeedCurve]]] = {}
     for dataset in results.datasets():
-        curves = load_curves(results, dataset)
+        seed_curves = load_seed_curves(results, dataset)
+        if seed_curves:
+            learning[dataset] = seed_curves
+            save(learning_figure({dataset: seed_curves}), f"learning_{dataset}")
+        curves = load_curves(results, dataset, seed)
         if not curves:
             continue
         all_curves.append(curves)
-        save(curves_figure(curves, f"{dataset}: active learning, all methods"), f"curves_{dataset}")
+        save(curves_figure(curves, f"{dataset}, seed {seed}: active learning, all methods"),
+             f"curves_{dataset}")
         chosen: dict[str, dict] = {}
+        per_element: dict[str, list[dict]] = {}
         for method in _ordered(results.methods(dataset)):
-            records = results.completed(dataset, method)
+            records = results.completed(dataset, method, seed=seed)
             if not records:
                 continue
 
             def arrays(index: int) -> dict:
-                data = results.iteration_arrays(dataset, method, index)
+                data = results.iteration_arrays(dataset, method, index, seed=seed)
                 data["size"] = records[index].dataset_size
                 return data
 
-            first, last = arrays(0), arrays(len(records) - 1)
-            title = (f"{dataset}, {LABELS.get(method, method)}: sweeps of error × uncertainty cutoffs "
-                     "(statistical cutoffs dotted)")
+            every = [arrays(k) for k in range(len(records))]
+            if "element_symbols" in every[0]:
+                per_element[method] = every
+            first, last = every[0], every[-1]
+            title = (f"{dataset}, {LABELS.get(method, method)}, seed {seed}: sweeps of error × uncertainty "
+                     "cutoffs (statistical cutoffs dotted)")
             save(sweeps_figure(first, last, method, title), f"sweeps_{dataset}_{method}")
             index = _pick(records, iteration)
             chosen[method] = first if index == 0 else last if index == len(records) - 1 else arrays(index)
-            save(distributions_figure(chosen[method], method), f"distributions_{dataset}_{method}")
-        save(parity_figure(chosen, f"{dataset}: σ vs true error ({iteration} iteration)"),
+            heading = (f"{LABELS.get(method, method)}, seed {seed}, iteration {chosen[method]['iteration']}: "
+                       "fits of validation values with cutoffs at CDF = 1 − 1/N")
+            save(distributions_figure(chosen[method], method, heading), f"distributions_{dataset}_{method}")
+        save(parity_figure(chosen, f"{dataset}, seed {seed}: σ vs true error ({iteration} iteration)"),
              f"parity_{dataset}")
+        if per_element:
+            save(elements_figure(per_element, f"{dataset}, seed {seed}: cutoffs per element"),
+                 f"elements_{dataset}")
         if any(m not in TRUE_ERROR_METHODS for m in chosen):
-            save(calibration_figure(chosen, f"{dataset}: Maxwell calibration ({iteration} iteration)"),
-                 f"calibration_{dataset}")
+            heading = f"{dataset}, seed {seed}: Maxwell calibration ({iteration} iteration)"
+            save(calibration_figure(chosen, heading), f"calibration_{dataset}")
     if not all_curves:
         raise UserError(f"{results.path}: no completed iteration to plot yet")
     if len(all_curves) > 1:
-        save(curves_figure(aggregate_curves(all_curves), "all datasets (sizes and counts summed)"),
-             "curves_all")
+        heading = f"all datasets, seed {seed} (sizes and counts summed)"
+        save(curves_figure(aggregate_curves(all_curves), heading), "curves_all")
+    if len(learning) > 1:
+        save(learning_figure(learning, "all datasets: sampling error vs DFT labels over seeds"),
+             "learning_all")
     return written

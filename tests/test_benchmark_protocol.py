@@ -85,7 +85,7 @@ def test_every_method_runs_and_summarises(run_all):
     rows = list(csv.DictReader(open(out / "summary.csv")))
     assert [r["method"] for r in rows] == METHODS
     for row in rows:
-        assert row["status"] in ("converged", "exhausted", "max_iterations", "label_budget")
+        assert row["status"] in ("converged", "stalled", "exhausted", "max_iterations", "label_budget")
         assert int(row["final_dataset_size"]) >= 6 and int(row["iterations"]) >= 1
         assert row["dft_labels"] == row["final_dataset_size"]
     for method in METHODS:  # one readable line per iteration
@@ -247,3 +247,26 @@ def test_datasets_spread_over_two_ranks(tmp_path):
     assert sorted(r["dataset"] for r in rows) == ["a", "b"]
     with h5py.File(tmp_path / "out" / "results.h5", "r") as f:
         assert f["a/oracle/seed_0/records"].shape[0] >= 1 and f["b/oracle/seed_0/records"].shape[0] >= 1
+
+
+def test_a_run_that_flags_nothing_while_errors_are_high_is_stalled_not_converged():
+    """The issue: 'converged' with hundreds of high-error atoms unflagged. A converged selection
+    with more sampling atoms above their error cutoff than the Poisson 99.9 % quantile of ~1 per
+    element is reported as stalled."""
+    import dataclasses
+
+    from otf_statcut.benchmark.protocol import NextStep, honest, stall_limit
+    from otf_statcut.io.benchmark_results import IterationRecord
+
+    assert stall_limit(1) == 5 and stall_limit(2) == 8
+    fields = {f.name: 0 for f in dataclasses.fields(IterationRecord)}
+    fields.update(error_fit="maxwell", sigma_fit="maxwell")
+    done = NextStep(np.zeros(0, dtype=np.int64), -1, 0, "converged")
+    one = {"element_symbols": np.array([b"all"])}
+    two = {"element_symbols": np.array([b"Be", b"W"])}
+    assert honest(done, IterationRecord(**{**fields, "n_high_error": 168}), one).status == "stalled"
+    assert honest(done, IterationRecord(**{**fields, "n_high_error": 5}), one).status == "converged"
+    assert honest(done, IterationRecord(**{**fields, "n_high_error": 8}), two).status == "converged"
+    assert honest(done, IterationRecord(**{**fields, "n_high_error": 9}), two).status == "stalled"
+    running = NextStep(np.arange(3), -1, 3, "running")
+    assert honest(running, IterationRecord(**{**fields, "n_high_error": 999}), one) is running

@@ -45,7 +45,11 @@ Choices the paper leaves open, and what this implementation does:
   differs only in *which* frames it picks. (:class:`~otf_statcut.uq.RandomHead`, random σ values,
   is not used here: with σ drawn from the error's own distribution almost no frame exceeds the
   cutoffs, which would measure nothing.)
-* **Stopping.** ``converged``: no candidate left; ``exhausted``: every sampling frame labelled;
+* **Stopping.** ``converged``: no candidate left (and no more sampling atoms above their error
+  cutoff than expected); ``stalled``: no candidate left while more sampling atoms lie above their
+  element's error cutoff than the Poisson 99.9 % quantile of the ~1 per element expected (the
+  cutoffs flag nothing, the true errors say the potential is not done: :func:`honest`);
+  ``exhausted``: every sampling frame labelled;
   ``max_iterations`` / ``label_budget``: a budget stopped it. Frames selected when a budget stops
   the run are not labelled, so the final data set is the one the last model was trained on and
   the DFT labels used equal the final data-set size. Each seed's run stops on its own. The frame
@@ -398,7 +402,7 @@ class _Run:
             "all_cutoffs": cutoffs_to_dict(cut),
             "retrain": cycle.retrain.to_dict(),
         }
-        return record, arrays, fits, step
+        return record, arrays, fits, honest(step, record, arrays)
 
 
 def summarise(dataset: str, method: str, seed: int, status: str,
@@ -480,7 +484,8 @@ def run_method(sampling: SamplingSet, method: str, config: BenchmarkConfig, stor
         arrays = store.iteration_arrays(name, method, -1, seed=seed)
         labelled = [int(i) for i in arrays["labelled"]]
         is_val = [bool(v) for v in arrays["is_val"]]
-        step = next_step(method, last.iteration, *_selection_inputs(arrays, last), labelled, protocol)
+        step = honest(next_step(method, last.iteration, *_selection_inputs(arrays, last), labelled, protocol),
+                      last, arrays)
         if step.status != "running":
             summary = summarise(name, method, seed, step.status, records)
             if status != step.status:
@@ -535,9 +540,38 @@ def _selection_inputs(arrays: dict, last: IterationRecord) -> tuple[np.ndarray, 
     return arrays["frame_sigma"], last.sigma_minimum, last.sigma_maximum
 
 
+#: A converged run may leave at most the ``1 - STALL_LEVEL`` Poisson quantile of its expected
+#: count (one per element) of sampling atoms above their error cutoff unflagged.
+STALL_LEVEL = 1e-3
+
+
+def stall_limit(expected: float) -> int:
+    """Most sampling atoms above their error cutoff a converged run may leave: the Poisson
+    ``1 - STALL_LEVEL`` quantile of the expected count (5 for one element, 8 for two)."""
+    from scipy import stats
+
+    return int(stats.poisson.isf(STALL_LEVEL, max(float(expected), 1e-9)))
+
+
+def honest(step: NextStep, record: IterationRecord, arrays: dict) -> NextStep:
+    """``converged`` only when the truth agrees: a run whose selection found no candidate while
+    more sampling atoms lie above their element's error cutoff than the method expects (about one
+    per element; :func:`stall_limit`) is ``stalled`` — its cutoffs flag nothing, yet the errors say
+    the potential is not done. Benchmark mode knows the true errors, so it can say so; the
+    selection itself never looks at them."""
+    if step.status != "converged":
+        return step
+    groups = max(len(np.atleast_1d(arrays.get("element_symbols", [b"all"]))), 1)
+    if record.n_high_error > stall_limit(groups):
+        return NextStep(step.selected, step.stopped_at, step.n_candidates, "stalled")
+    return step
+
+
 def _reason(status: str) -> str:
     return {
         "converged": "no uncertain frame left before the first frame above the maximum cutoff",
+        "stalled": "no uncertain frame left, but more sampling atoms lie above their error cutoff than "
+                   "the method expects: the cutoffs flag nothing the errors call high",
         "exhausted": "every sampling frame is in the data set",
         "max_iterations": "protocol.max_iterations reached",
         "label_budget": "protocol.max_labels reached",

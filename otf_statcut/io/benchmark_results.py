@@ -71,7 +71,7 @@ SCHEMA_VERSION = 2
 #: Prefix of the run groups: ``/<dataset>/<method>/seed_<s>``.
 SEED_GROUP = "seed_"
 #: Method status values: ``running`` until one of the others ends it.
-STATUSES = ("running", "converged", "exhausted", "max_iterations", "label_budget")
+STATUSES = ("running", "converged", "stalled", "exhausted", "max_iterations", "label_budget")
 
 _STR = 24  # width of the fixed-length strings in the records table
 

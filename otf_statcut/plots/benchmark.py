@@ -426,6 +426,7 @@ def elements_figure(per_method: dict[str, list[dict]], title: str = "") -> Figur
             axes[0, 0].plot(sizes, above, style, color=colour, marker="o", ms=3, label=label)
             axes[0, 1].plot(sizes, minimum, style, color=colour, marker="o", ms=3, label=label)
     axes[0, 0].axhline(1.0, color="black", ls=":", lw=1)
+    axes[0, 0].set_ylim(bottom=0)
     axes[0, 0].set(xlabel="DFT labels", ylabel="sampling atoms above error cutoff", yscale="symlog",
                    title="(a) per element (≈ 1 expected each)")
     axes[0, 1].set(xlabel="DFT labels", ylabel="minimum σ cutoff (eV/Å)", title="(b) σ cutoff per element")
@@ -433,18 +434,21 @@ def elements_figure(per_method: dict[str, list[dict]], title: str = "") -> Figur
     # (c) grouping schemes, last iteration of each method
     methods = [m for m, its in per_method.items() if "scheme_names" in its[-1]]
     width = 0.8 / max(len(methods), 1)
+    every_name: list[str] = []
     for j, method in enumerate(methods):
         last = per_method[method][-1]
         names = _text(last["scheme_names"])
+        every_name = names if len(names) > len(every_name) else every_name
         above = np.asarray(last["scheme_n_above_error"], dtype=float)
         above[above < 0] = np.nan
         x = np.arange(len(names)) + (j - (len(methods) - 1) / 2) * width
         axes[0, 2].bar(x, above, width, color=COLOURS.get(method, "grey"), label=LABELS.get(method, method))
         for xi, e in zip(x, np.asarray(last["scheme_expected"], dtype=float)):
             axes[0, 2].plot([xi - width / 2, xi + width / 2], [e, e], color="black", lw=1)
-        axes[0, 2].set_xticks(np.arange(len(names)), names)
+    axes[0, 2].set_xticks(np.arange(len(every_name)), every_name)
     axes[0, 2].set(ylabel="sampling atoms above error cutoff", yscale="symlog",
-                   title="(c) schemes, last iteration (bar: expected)")
+                   title="(c) Maxwell schemes, last iter. (line: expected)")
+    axes[0, 2].set_ylim(bottom=0)
     if methods:
         axes[0, 2].legend(fontsize=6)
     fig.suptitle(title)

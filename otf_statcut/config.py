@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -105,11 +106,12 @@ FAMILIES = ("maxwell", "gamma", "gengamma")
 
 
 def _positive(x):
-    return x > 0
+    """Finite and > 0 (``.inf`` is refused: an infinite friction or time step gives NaN dynamics)."""
+    return math.isfinite(x) and x > 0
 
 
 def _nonneg(x):
-    return x >= 0
+    return math.isfinite(x) and x >= 0
 
 
 # ------------------------------------------------------------------------------ sections
@@ -299,7 +301,7 @@ class CutoffsConfig:
         element's cutoffs; ``auto`` (default): when the system has more than one element.
     """
 
-    max_error: float = spec(1.0, check=_positive, expected="an error bound > 0 (eV/Å; .inf for none)")
+    max_error: float = spec(1.0, check=lambda x: x > 0, expected="an error bound > 0 (eV/Å; .inf for none)")
     candidates: tuple[str, ...] = spec(FAMILIES, check=lambda t: len(t) > 0 and set(t) <= set(FAMILIES),
                                        expected=f"a non-empty list from {list(FAMILIES)}")
     robust: bool = False

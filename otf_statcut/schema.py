@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -37,8 +38,32 @@ def spec(default=dataclasses.MISSING, *, check=None, expected: str = "", factory
     return field(default=default, metadata=meta)
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping repeats a key (YAML allows it and keeps the last; an input file must not)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated in one mapping (a second ``md:`` block
+    would silently replace the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:
+                continue  # the base class reports unhashable keys
+            if key in seen:
+                raise DuplicateKeyError(
+                    f"key {key!r} appears twice in one mapping (lines {seen[key] + 1} and "
+                    f"{key_node.start_mark.line + 1}); keep one")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path, what: str) -> tuple[Any, str]:
-    """Read an input file with ``yaml.safe_load``: ``(data, text)``.
+    """Read an input file (safe YAML, duplicate keys refused, UTF-8 only): ``(data, text)``.
 
     Raises
     ------
@@ -49,9 +74,14 @@ def read_yaml(path: Path, what: str) -> tuple[Any, str]:
     """
     if not path.is_file():
         raise DataError(f"{path}: {what} file not found")
-    text = path.read_text()
     try:
-        data = yaml.safe_load(text)
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start}); save the {what} as UTF-8") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -167,13 +197,16 @@ def convert(value: Any, hint: Any, path: str, ctx: Context):
             return value
         raise ctx.error(path, value, "an integer")
     if hint is float:
+        number = None
         if isinstance(value, str):
             try:
-                return float(value)  # PyYAML reads 1e-3 (no dot) as a string
+                number = float(value)  # PyYAML reads 1e-3 (no dot) as a string
             except ValueError:
                 pass
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        if number is not None and not math.isnan(number):  # NaN is never a setting
+            return number
         raise ctx.error(path, value, "a number")
     if hint is str:
         if isinstance(value, str):

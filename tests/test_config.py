@@ -120,10 +120,30 @@ def test_settings_convert_and_round_trip_to_json():
         ({**LI, "output": {"folder": 3}}, "output.folder = 3 is invalid"),
         ({**LI, "md": [1, 2]}, "md = [1, 2] is invalid; expected a mapping"),
         ([1, 2], "(top level) = [1, 2] is invalid"),
+        # numbers must be finite where infinity means nothing (NaN dynamics, then a hang)
+        ({**LI, "md": {"friction": float("inf")}}, "md.friction = inf is invalid; expected a friction > 0"),
+        ({**LI, "md": {"timestep_fs": float("nan")}}, "md.timestep_fs = nan is invalid; expected a number"),
+        ({**LI, "cutoffs": {"max_error": float("nan")}}, "cutoffs.max_error = nan is invalid"),
+        ({**LI, "cutoffs": {"per_element": "yes"}}, "cutoffs.per_element = 'yes' is invalid; expected auto"),
     ],
 )
 def test_bad_inputs_name_the_key(data, expected):
     assert expected in error_of(data)
+
+
+def test_infinite_max_error_means_no_maximum():
+    assert parse_run_config({**LI, "cutoffs": {"max_error": float("inf")}}).cutoffs.max_error == float("inf")
+
+
+def test_duplicate_keys_and_non_utf8_files_are_one_line_errors(tmp_path):
+    path = write(tmp_path, "system:\n  builder: {element: Li}\nmd:\n  steps: 5\nmd:\n  steps: 50\n")
+    with pytest.raises(ConfigError) as info:
+        load_run_config(path)
+    message = str(info.value)
+    assert "\n" not in message and "key 'md' appears twice" in message and "lines 3 and 5" in message
+    path.write_bytes(b"system:\n  builder: {element: Li}\n# caf\xe9\n")
+    with pytest.raises(ConfigError, match="not a UTF-8 text file"):
+        load_run_config(path)
 
 
 def test_missing_files_are_data_errors(tmp_path):

@@ -244,3 +244,40 @@ def test_two_element_run_judges_each_atom_by_its_elements_cutoffs(tmp_path):
         cut = read_cutoffs(summary.path, int(traj["model"][i]))
         assert int(decide(traj["sigma"][i].astype(float), cut, symbols).action) == traj["decision"][i]
     assert len(models["model"]) >= 1
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ("nan", "atom 3 has a non-finite position"),
+        ("close", "atoms 0 and 1 are 0.1 Å apart"),
+        ("dummy", "atom 2 is not a chemical element"),
+        ("npt-no-cell", "md.ensemble npt needs a periodic 3-D cell"),
+    ],
+)
+def test_bad_starting_structures_name_the_cause(tmp_path, capsys, change, expected):
+    """Issue 10: NaN positions, atoms 0.1 Å apart and a dummy element were blamed on the rattled
+    copies or the labeller; NPT without a cell failed later. Each is one line naming the cause."""
+    import ase.io
+    from ase.build import bulk
+
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True) * (2, 1, 1)
+    data = small_cu_run()
+    if change == "nan":
+        atoms.positions[3] = np.nan
+    elif change == "close":
+        atoms.positions[1] = atoms.positions[0] + [0.1, 0.0, 0.0]
+    elif change == "dummy":
+        atoms.numbers[2] = 0
+    else:
+        atoms.pbc = False
+        atoms.cell = None
+        data["md"] = {**data["md"], "ensemble": "npt"}
+    ase.io.write(tmp_path / "start.extxyz", atoms)
+    data["system"] = {"structure": str(tmp_path / "start.extxyz")}
+    data["output"] = {**data["output"], "folder": str(tmp_path / "out")}
+    path = tmp_path / "input.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and expected in err, err

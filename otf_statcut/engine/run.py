@@ -138,7 +138,7 @@ class OTFRun:
         runlog = self._open_log()
         status = "failed"
         try:
-            start_atoms = build_structure(cfg.system, self.where)
+            start_atoms = build_structure(cfg.system, self.where, needs_cell=cfg.md.ensemble == "npt")
             checkpoint = runlog.read_checkpoint()
             if checkpoint is None:
                 learner, atoms, rng = self._fresh(runlog, start_atoms)

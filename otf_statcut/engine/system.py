@@ -10,7 +10,42 @@ from ..errors import ConfigError, DataError
 __all__ = ["build_structure", "rattled_copies"]
 
 
-def build_structure(system, where: str = "run input") -> Atoms:
+#: Two atoms closer than this (Å) make a starting structure no DFT code or MLIP should see.
+MIN_DISTANCE = 0.5
+
+
+def check_structure(atoms: Atoms, where: str, *, needs_cell: bool = False) -> None:
+    """Refuse a starting structure that cannot be simulated, naming the cause.
+
+    Raises
+    ------
+    DataError
+        Positions not finite, an atom that is no element (ASE's dummy ``X``), two atoms closer
+        than :data:`MIN_DISTANCE`, or no 3-D cell where the dynamics needs one (NPT).
+    """
+    from ase.geometry import get_distances
+
+    if not np.isfinite(atoms.positions).all():
+        bad = int(np.flatnonzero(~np.isfinite(atoms.positions).all(axis=1))[0])
+        raise DataError(f"{where}: system: atom {bad} has a non-finite position ({atoms.positions[bad]})")
+    if (atoms.numbers <= 0).any():
+        bad = int(np.flatnonzero(atoms.numbers <= 0)[0])
+        raise DataError(f"{where}: system: atom {bad} is not a chemical element (dummy 'X'); "
+                        "give every atom a real element")
+    if needs_cell and (not atoms.pbc.all() or abs(atoms.cell.volume) < 1e-6):
+        raise DataError(f"{where}: system: md.ensemble npt needs a periodic 3-D cell; the structure has "
+                        f"pbc {atoms.pbc.tolist()} and cell volume {abs(atoms.cell.volume):.3g} Å³")
+    if len(atoms) > 1:
+        cell = atoms.cell if atoms.pbc.any() else None
+        _, d = get_distances(atoms.positions, cell=cell, pbc=atoms.pbc if cell is not None else None)
+        d[np.diag_indices_from(d)] = np.inf
+        i, j = np.unravel_index(int(np.argmin(d)), d.shape)
+        if d[i, j] < MIN_DISTANCE:
+            raise DataError(f"{where}: system: atoms {min(i, j)} and {max(i, j)} are {d[i, j]:.3g} Å apart "
+                            f"(minimum {MIN_DISTANCE} Å); fix the starting structure")
+
+
+def build_structure(system, where: str = "run input", *, needs_cell: bool = False) -> Atoms:
     """The starting structure from ``system.structure`` (first frame) or ``system.builder``.
 
     Parameters
@@ -38,6 +73,7 @@ def build_structure(system, where: str = "run input") -> Atoms:
         atoms = _bulk(system.builder, where)
     if len(atoms) == 0:
         raise DataError(f"{where}: system: the starting structure has no atoms")
+    check_structure(atoms, where, needs_cell=needs_cell)
     return atoms
 
 

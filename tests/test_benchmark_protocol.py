@@ -251,22 +251,28 @@ def test_datasets_spread_over_two_ranks(tmp_path):
 
 def test_a_run_that_flags_nothing_while_errors_are_high_is_stalled_not_converged():
     """The issue: 'converged' with hundreds of high-error atoms unflagged. A converged selection
-    with more sampling atoms above their error cutoff than the Poisson 99.9 % quantile of ~1 per
-    element is reported as stalled."""
-    import dataclasses
+    that leaves more unlabelled sampling atoms above their element's error cutoff than the
+    Poisson 99.9 % quantile of ~1 per element is reported as stalled; atoms of frames already in
+    the data set do not count (they are labelled)."""
+    from types import SimpleNamespace
 
-    from otf_statcut.benchmark.protocol import NextStep, honest, stall_limit
-    from otf_statcut.io.benchmark_results import IterationRecord
+    from ase import Atoms
+
+    from otf_statcut.benchmark.protocol import NextStep, honest, stall_limit, unflagged_high_error
 
     assert stall_limit(1) == 5 and stall_limit(2) == 8
-    fields = {f.name: 0 for f in dataclasses.fields(IterationRecord)}
-    fields.update(error_fit="maxwell", sigma_fit="maxwell")
+    frames = [Atoms("BeW", positions=[[0, 0, 0], [2, 0, 0]]) for _ in range(10)]
+    sampling = SimpleNamespace(frames=frames, frame_sizes=np.full(10, 2))
+    errors = np.zeros(20)
+    errors[0::2] = 0.5  # every Be atom above its cutoff 0.3; W atoms (cutoff 0.8) fine
+    arrays = {"sampling_errors": errors, "element_symbols": np.array([b"Be", b"W"]),
+              "element_error_cutoff": np.array([0.3, 0.8]), "labelled": np.array([0])}
+    assert unflagged_high_error(arrays, sampling) == 9  # frame 0 is labelled
     done = NextStep(np.zeros(0, dtype=np.int64), -1, 0, "converged")
-    one = {"element_symbols": np.array([b"all"])}
-    two = {"element_symbols": np.array([b"Be", b"W"])}
-    assert honest(done, IterationRecord(**{**fields, "n_high_error": 168}), one).status == "stalled"
-    assert honest(done, IterationRecord(**{**fields, "n_high_error": 5}), one).status == "converged"
-    assert honest(done, IterationRecord(**{**fields, "n_high_error": 8}), two).status == "converged"
-    assert honest(done, IterationRecord(**{**fields, "n_high_error": 9}), two).status == "stalled"
+    assert honest(done, arrays, sampling).status == "stalled"  # 9 > 8
+    assert honest(done, {**arrays, "labelled": np.array([0, 1])}, sampling).status == "converged"  # 8
+    one = {"sampling_errors": errors, "element_symbols": np.array([b"all"]),
+           "element_error_cutoff": np.array([0.45]), "labelled": np.arange(4)}
+    assert unflagged_high_error(one, sampling) == 6 and honest(done, one, sampling).status == "stalled"
     running = NextStep(np.arange(3), -1, 3, "running")
-    assert honest(running, IterationRecord(**{**fields, "n_high_error": 999}), one) is running
+    assert honest(running, arrays, sampling) is running

@@ -46,8 +46,9 @@ Choices the paper leaves open, and what this implementation does:
   is not used here: with σ drawn from the error's own distribution almost no frame exceeds the
   cutoffs, which would measure nothing.)
 * **Stopping.** ``converged``: no candidate left (and no more sampling atoms above their error
-  cutoff than expected); ``stalled``: no candidate left while more sampling atoms lie above their
-  element's error cutoff than the Poisson 99.9 % quantile of the ~1 per element expected (the
+  cutoff than expected); ``stalled``: no candidate left while more unlabelled sampling atoms lie
+  above their element's error cutoff than the Poisson 99.9 % quantile of the ~1 per element
+  expected (the
   cutoffs flag nothing, the true errors say the potential is not done: :func:`honest`);
   ``exhausted``: every sampling frame labelled;
   ``max_iterations`` / ``label_budget``: a budget stopped it. Frames selected when a budget stops
@@ -402,7 +403,7 @@ class _Run:
             "all_cutoffs": cutoffs_to_dict(cut),
             "retrain": cycle.retrain.to_dict(),
         }
-        return record, arrays, fits, honest(step, record, arrays)
+        return record, arrays, fits, honest(step, arrays, self.sampling)
 
 
 def summarise(dataset: str, method: str, seed: int, status: str,
@@ -485,7 +486,7 @@ def run_method(sampling: SamplingSet, method: str, config: BenchmarkConfig, stor
         labelled = [int(i) for i in arrays["labelled"]]
         is_val = [bool(v) for v in arrays["is_val"]]
         step = honest(next_step(method, last.iteration, *_selection_inputs(arrays, last), labelled, protocol),
-                      last, arrays)
+                      arrays, sampling)
         if step.status != "running":
             summary = summarise(name, method, seed, step.status, records)
             if status != step.status:
@@ -553,16 +554,34 @@ def stall_limit(expected: float) -> int:
     return int(stats.poisson.isf(STALL_LEVEL, max(float(expected), 1e-9)))
 
 
-def honest(step: NextStep, record: IterationRecord, arrays: dict) -> NextStep:
+def unflagged_high_error(arrays: dict, sampling: SamplingSet) -> int:
+    """Sampling atoms of frames *not* in the data set whose error is above their element's error
+    cutoff (``all``: one cutoff for every atom), from an iteration's stored arrays."""
+    errors = np.asarray(arrays["sampling_errors"], dtype=float)
+    names = [v.decode() if isinstance(v, bytes) else str(v) for v in np.atleast_1d(arrays["element_symbols"])]
+    cut = dict(zip(names, np.atleast_1d(arrays["element_error_cutoff"]).astype(float)))
+    sizes = np.asarray(sampling.frame_sizes)
+    free = np.ones(sizes.size, dtype=bool)
+    free[np.asarray(arrays["labelled"], dtype=np.int64)] = False
+    atom_free = np.repeat(free, sizes)
+    if set(cut) == {"all"}:
+        threshold = np.full(errors.size, cut["all"])
+    else:
+        symbols = np.concatenate([f.get_chemical_symbols() for f in sampling.frames])
+        threshold = np.array([cut.get(x, np.inf) for x in symbols])
+    return int(np.count_nonzero(atom_free & (errors > threshold)))
+
+
+def honest(step: NextStep, arrays: dict, sampling: SamplingSet) -> NextStep:
     """``converged`` only when the truth agrees: a run whose selection found no candidate while
-    more sampling atoms lie above their element's error cutoff than the method expects (about one
-    per element; :func:`stall_limit`) is ``stalled`` — its cutoffs flag nothing, yet the errors say
-    the potential is not done. Benchmark mode knows the true errors, so it can say so; the
-    selection itself never looks at them."""
-    if step.status != "converged":
+    more unlabelled sampling atoms lie above their element's error cutoff than the method expects
+    (about one per element; :func:`stall_limit`) is ``stalled`` — its cutoffs flag nothing, yet the
+    errors say the potential is not done. Benchmark mode knows the true errors, so it can say so;
+    the selection itself never looks at them."""
+    if step.status != "converged" or "element_symbols" not in arrays:
         return step
-    groups = max(len(np.atleast_1d(arrays.get("element_symbols", [b"all"]))), 1)
-    if record.n_high_error > stall_limit(groups):
+    groups = max(len(np.atleast_1d(arrays["element_symbols"])), 1)
+    if unflagged_high_error(arrays, sampling) > stall_limit(groups):
         return NextStep(step.selected, step.stopped_at, step.n_candidates, "stalled")
     return step
 

@@ -130,3 +130,27 @@ def test_warm_retrain_continues_the_ensemble_members_and_cold_retrain_starts_new
     assert any(moved), "the warm retrain trained the members further"
     learner.fit(step=11, reason="every", warm_start=False)
     assert learner.head is not head, "a cold retrain starts from a new head"
+
+
+def test_per_atom_energies_are_not_advertised_and_never_relabel(setup):
+    """Issue 10: after a labelled step get_potential_energies() labelled the same configuration
+    again and then raised. Every advertised property is present on every step; asking for one
+    that is not advertised raises at once, without a new evaluation or label."""
+    from ase.calculators.calculator import PropertyNotImplementedError
+
+    learner, labeler, atoms = setup
+    with_cutoffs(learner, 0.0, np.inf)  # every step is labelled
+    atoms = atoms.copy()
+    calc = OTFCalculator(learner, labeler)
+    atoms.calc = calc
+    atoms.get_forces()
+    size, calls, labels = len(learner.frames), calc.n_calls, labeler.n_calls
+    assert "energies" not in calc.implemented_properties
+    assert set(calc.results) >= {"energy", "forces", "sigma"} and "energies" not in calc.results
+    with pytest.raises(PropertyNotImplementedError):
+        atoms.get_potential_energies()
+    assert (len(learner.frames), calc.n_calls, labeler.n_calls) == (size, calls, labels)
+    for name in calc.implemented_properties:
+        if name != "stress" or atoms.pbc.all():
+            calc.get_property(name, atoms)  # present: no new evaluation
+    assert calc.n_calls == calls

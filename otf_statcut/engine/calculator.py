@@ -78,7 +78,10 @@ class OTFCalculator(PotentialCalculator):
         Counters (calls to ``calculate``, labels made by this calculator, failed labels).
     """
 
-    implemented_properties = [*PotentialCalculator.implemented_properties, "sigma"]
+    # No per-atom "energies": a labelled step has none (the label's energy is not a sum of the
+    # MLIP's per-atom terms), and a property present on some steps only would make ASE call
+    # calculate() again - and label the same configuration twice - when asked for it.
+    implemented_properties = [p for p in PotentialCalculator.implemented_properties if p != "energies"] + ["sigma"]
 
     def __init__(self, learner, labeler, *, lookup: Callable[[str], object] | None = None,
                  device: str | None = None):
@@ -100,6 +103,7 @@ class OTFCalculator(PotentialCalculator):
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
+        self.results.pop("energies", None)  # not advertised (see implemented_properties)
         self.n_calls += 1
         decision = decide(self.results["sigma"], self.learner.cutoffs, self.atoms.get_chemical_symbols())
         self.decision = decision
@@ -148,7 +152,6 @@ class OTFCalculator(PotentialCalculator):
         self.results["forces"] = ref["forces"].copy()
         if "stress" in ref:
             self.results["stress"] = ref["stress"].copy()
-        self.results.pop("energies", None)  # per-atom MLIP energies do not add up to the label
         self.source = SOURCE_REFERENCE
 
     def _settings(self):

@@ -79,7 +79,11 @@ def read_yaml(path: Path, what: str) -> tuple[Any, str]:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start}); save the {what} as UTF-8") from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
+        loader = _UniqueKeyLoader(text)  # a yaml.SafeLoader: plain data only, never objects
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
     except DuplicateKeyError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:

@@ -280,8 +280,7 @@ def _gp_training_data(n=400, d=8, zeros=80, seed=0):
 
 
 def test_gp_sigma_far_from_the_data_is_finite_and_bounded():
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("gpytorch")
+    import torch
     from otf_statcut.uq.base import FAR_FACTOR
     from otf_statcut.uq.sparse_gp import MAXWELL_LOG_MEAN, ElementGP
 
@@ -313,7 +312,6 @@ def test_gp_sigma_far_from_the_data_is_finite_and_bounded():
 
 
 def test_distance_sigma_far_from_the_data_is_capped():
-    pytest.importorskip("torch")
     from otf_statcut.uq.base import FAR_FACTOR
     from otf_statcut.uq.distance import LatentDistance
 
@@ -346,7 +344,6 @@ def test_ensemble_spread_is_bounded_by_the_members_and_nan_on_broken_forces():
 
 
 def test_head_predict_clips_at_its_bound_and_keeps_nan():
-    pytest.importorskip("torch")
     from otf_statcut.uq.base import SIGMA_FLOOR, UncertaintyHead
 
     class Exploding(UncertaintyHead):

@@ -193,21 +193,6 @@ def element_counts(atoms_or_symbols) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def _weights(potential) -> dict[str, np.ndarray]:
-    return {k: v.detach().cpu().numpy().copy() for k, v in potential.model.state_dict().items()}
-
-
-def _max_change(before: Mapping[str, np.ndarray], after: Mapping[str, np.ndarray]) -> float:
-    change = 0.0
-    for name, value in after.items():
-        old = before.get(name)
-        if old is None or old.shape != value.shape:
-            return math.inf
-        if value.size and np.issubdtype(value.dtype, np.floating):
-            change = max(change, float(np.max(np.abs(value - old))))
-    return change
-
-
 def fit_cycle(
     potential,
     head,
@@ -257,12 +242,10 @@ def fit_cycle(
     before_error = math.nan
     if warm_start and new_frames:
         before_error = mean_error(new_frames, potential.predict(new_frames, stress=False, features=False))
-    before = _weights(potential)
     start = time.perf_counter()
     potential.fit(train, val, train_config=train_config, warm_start=warm_start)
     train_time = time.perf_counter() - start
-    change = _max_change(before, _weights(potential))
-    history = potential.history
+    history = potential.history  # its max_weight_change compares the returned and starting weights
 
     start = time.perf_counter()
     needs = bool(getattr(head, "needs_features", True))
@@ -279,10 +262,9 @@ def fit_cycle(
                     for f in new_frames]
         after_error = mean_error(new_frames, new_pred)
     check = RetrainCheck(
-        warm_start=bool(warm_start), epochs=len(history.epochs) if history else 0,
-        best_epoch=int(history.best_epoch) if history else 0,
-        stop_reason=str(history.stop_reason) if history else "",
-        seconds=train_time, max_weight_change=change, n_new=len(new_frames),
+        warm_start=bool(warm_start), epochs=len(history.epochs), best_epoch=int(history.best_epoch),
+        stop_reason=str(history.stop_reason),
+        seconds=train_time, max_weight_change=float(history.max_weight_change), n_new=len(new_frames),
         new_error_before=before_error, new_error_after=after_error,
     )
     if check.problem():

@@ -254,15 +254,15 @@ def test_a_run_that_flags_nothing_while_errors_are_high_is_stalled_not_converged
     that leaves more unlabelled sampling atoms above their element's error cutoff than the
     Poisson 99.9 % quantile of ~1 per element is reported as stalled; atoms of frames already in
     the data set do not count (they are labelled)."""
-    from types import SimpleNamespace
-
     from ase import Atoms
+
+    from otf_statcut.benchmark.replay import SamplingSet
 
     from otf_statcut.benchmark.protocol import NextStep, honest, stall_limit, unflagged_high_error
 
     assert stall_limit(1) == 5 and stall_limit(2) == 8
     frames = [Atoms("BeW", positions=[[0, 0, 0], [2, 0, 0]]) for _ in range(10)]
-    sampling = SimpleNamespace(frames=frames, frame_sizes=np.full(10, 2))
+    sampling = SamplingSet("t", "-", tuple(frames))
     errors = np.zeros(20)
     errors[0::2] = 0.5  # every Be atom above its cutoff 0.3; W atoms (cutoff 0.8) fine
     arrays = {"sampling_errors": errors, "element_symbols": np.array([b"Be", b"W"]),

@@ -257,7 +257,7 @@ class _Run:
 
     def element_n(self) -> dict[str, int]:
         """N per element: that element's atoms in the sampling set."""
-        return element_counts(np.concatenate([f.get_chemical_symbols() for f in self.sampling.frames]))
+        return element_counts(self.sampling.atom_symbols)
 
     def error_schemes(self, cycle, errors, sigma, symbols) -> dict[str, np.ndarray]:
         """Diagnostic: sampling atoms above the error cutoff under the grouping schemes of
@@ -319,11 +319,11 @@ class _Run:
         sampling_frames = list(self.sampling.frames)
         sigma = self.head.predict(sampling_frames, predictions)
         errors = force_errors(sampling_frames, predictions)
-        symbols = [np.asarray(f.get_chemical_symbols(), dtype=str) for f in sampling_frames]
+        symbols = self.sampling.frame_symbols
         cut = cycle.cutoffs
         val_errors, val_sigma = cycle.val_errors, cycle.val_sigma
 
-        all_symbols = np.concatenate(symbols)
+        all_symbols = self.sampling.atom_symbols
         frame_sigma = frame_max(sigma)
         frame_error = frame_max(errors)
         # Selection on severity: each atom's σ through its element's cutoffs (minimum -> 1,
@@ -567,8 +567,9 @@ def unflagged_high_error(arrays: dict, sampling: SamplingSet) -> int:
     if set(cut) == {"all"}:
         threshold = np.full(errors.size, cut["all"])
     else:
-        symbols = np.concatenate([f.get_chemical_symbols() for f in sampling.frames])
-        threshold = np.array([cut.get(x, np.inf) for x in symbols])
+        threshold = np.full(errors.size, np.inf)
+        for element, value in cut.items():
+            threshold[sampling.atom_symbols == element] = value
     return int(np.count_nonzero(atom_free & (errors > threshold)))
 
 

@@ -14,6 +14,8 @@ on-the-fly learning by recordings, passed in memory:
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -62,6 +64,16 @@ class SamplingSet:
     def frame_sizes(self) -> np.ndarray:
         """Atoms per frame, in sampling order."""
         return np.array([len(a) for a in self.frames], dtype=np.int64)
+
+    @functools.cached_property
+    def frame_symbols(self) -> tuple[np.ndarray, ...]:
+        """Chemical symbol of every atom, one array per frame (computed once: the set is fixed)."""
+        return tuple(np.asarray(f.get_chemical_symbols(), dtype=str) for f in self.frames)
+
+    @functools.cached_property
+    def atom_symbols(self) -> np.ndarray:
+        """Chemical symbol of every atom of the set, frames concatenated in sampling order."""
+        return np.concatenate(self.frame_symbols)
 
     @property
     def n_atoms(self) -> int:

@@ -12,7 +12,7 @@ import importlib.metadata
 import os
 import sys
 
-from .errors import FitError, UserError
+from .errors import EnvironmentFailure, FitError, UserError
 
 #: Subcommands, in the order ``--help`` lists them. Fixed list: nothing is imported by a name
 #: that comes from user input.
@@ -61,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         # A user mistake or data the method cannot fit: one line, no traceback.
         print(f"otf-statcut {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except EnvironmentFailure as exc:
+        # Disk full, quota, unwritable path: one line naming the path.
+        print(f"otf-statcut {args.command}: error: {exc}", file=sys.stderr)
+        return 4
     except BrokenPipeError:
         # output piped into `head` and the like: stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

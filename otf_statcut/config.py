@@ -44,6 +44,9 @@ Example (every section optional except ``system``)::
       settings: {ecut: 200, kpts: [2, 2, 2]}
       retries: 1
       max_force: 100.0                   # eV/Å; a larger force is an absurd label
+      timeout_s: 3600                    # s per label; past it the label has failed
+      max_energy_deviation: 1.0          # eV/atom from the model's prediction: an absurd label
+      max_consecutive_failures: 5        # failed labels in a row that stop the run
     cutoffs:
       max_error: 1.0                     # eV/Å, mapped onto the uncertainty scale (maximum cutoff)
       candidates: [maxwell, gamma, gengamma]
@@ -271,12 +274,26 @@ class LabelerConfig:
         Extra attempts after a failed label.
     max_force : float
         Largest accepted force on an atom, eV/Å.
+    timeout_s : float
+        Wall-time limit of one label (all its attempts), s. A label past it is a failed label;
+        when the labeller cannot be interrupted (a collective DFT call under MPI, a hang in
+        compiled code) the run records the failure and stops at its last checkpoint, resumable,
+        and that configuration is not tried again (see :mod:`otf_statcut.engine.label_policy`).
+    max_energy_deviation : float
+        Largest accepted difference, eV/atom, between a label's energy per atom and the energy
+        the run expects for it (the model's prediction; for the initial labels, the median of
+        the labels so far). Beyond it the label is a failed label.
+    max_consecutive_failures : int
+        Failed labels in a row after which the run stops (status ``stopped``, resumable).
     """
 
     name: Literal["gpaw", "emt", "lj", "morse", "lammps-snap"] = "gpaw"
     settings: Any = None
     retries: int = spec(1, check=_nonneg, expected="an integer >= 0")
     max_force: float = spec(100.0, check=_positive, expected="a force > 0 (eV/Å)")
+    timeout_s: float = spec(3600.0, check=_positive, expected="a time > 0 (s)")
+    max_energy_deviation: float = spec(1.0, check=_positive, expected="an energy > 0 (eV/atom)")
+    max_consecutive_failures: int = spec(5, check=_positive, expected="an integer >= 1")
 
 
 @dataclass(frozen=True)

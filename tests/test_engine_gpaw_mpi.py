@@ -69,7 +69,7 @@ def test_gpaw_run_under_mpiexec(tmp_path):
             t = int(np.flatnonzero(f["trajectory/step"][:] == steps[row])[0])
             lo = int(f["dataset/offset"][row])
             np.testing.assert_allclose(f["trajectory/forces"][t], forces[lo:lo + 16])
-        assert f.attrs["status"] == "finished"
+        assert f["status"][()] == b"finished"
 
 
 def test_bad_input_under_mpiexec_is_one_line(tmp_path):

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import yaml
 
-from otf_statcut.io.runlog import read_dataset, read_table
+from otf_statcut.io.checkpoint import read_checkpoint
+from otf_statcut.io.runlog import RunLog, read_dataset, read_table
 from conftest import small_cu_run
 
 pytestmark = pytest.mark.slow
@@ -27,9 +28,10 @@ def snapshot(path):
     """Checkpoint step and data-set size of a file being written (None while unreadable)."""
     try:
         with h5py.File(path, "r", locking=False) as f:
-            if "checkpoint" not in f:
+            cp, _ = read_checkpoint(f["checkpoint"])
+            if cp is None:
                 return None
-            return int(f["checkpoint"].attrs["step"]), int(np.sum(f["dataset/step"][:] >= 0))
+            return cp.step, int(np.sum(f["dataset/step"][:] >= 0))
     except (OSError, KeyError, ValueError):
         return None
 
@@ -61,9 +63,9 @@ def test_resume_after_kill_9_keeps_every_label_once(tmp_path):
 
     before = read_dataset(run_file)
     traj_before = read_table(run_file, "trajectory")
-    with h5py.File(run_file, "r") as f:
-        killed_at = int(f["checkpoint"].attrs["step"])
-        assert f.attrs["status"] == "running"
+    with RunLog.open(run_file, "r") as log:
+        killed_at = log.read_checkpoint().step
+        assert log.status == "running"
     assert 30 <= killed_at < 120
 
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -81,7 +83,7 @@ def test_resume_after_kill_9_keeps_every_label_once(tmp_path):
     np.testing.assert_array_equal(traj["step"], np.arange(121))  # every step exactly once
     keep = traj_before["step"] <= killed_at  # rows up to the checkpoint are kept as they were
     np.testing.assert_array_equal(traj["positions"][: keep.sum()], traj_before["positions"][keep])
-    with h5py.File(run_file, "r") as f:
-        assert f.attrs["status"] == "finished" and int(f["checkpoint"].attrs["step"]) == 120
+    with RunLog.open(run_file, "r") as log:
+        assert log.status == "finished" and log.read_checkpoint().step == 120
     models = read_table(run_file, "models")
     np.testing.assert_array_equal(models["model"], np.arange(len(models["model"])))

@@ -113,15 +113,23 @@ def test_reopen_appends_and_checkpoint_round_trip(tmp_path):
         assert gen.random() == np.random.default_rng(5).random()
         assert back.dynamics == {"eta": [0.0, 0.0, 0.0]}
         assert back.atoms().get_momenta() == pytest.approx(cp.momenta)
-        assert log.truncate_trajectory(3) == 1
-        assert log.rows("trajectory") == 4
-        log.append_trajectory(traj_row(4, atoms, rng))
+        notes = log.prepare_resume()  # back to the checkpoint: the trajectory row after it goes
+        assert log.rows("trajectory") == 5 and notes == []
+        cp.step = 4
+        log.write_checkpoint(cp)
+        log.append_trajectory(traj_row(5, atoms, rng))
+        log.flush()
+    with RunLog.open(path) as log:
+        assert log.read_checkpoint().trajectory_rows == 5
+        assert any("/trajectory: 1 row(s)" in line for line in log.prepare_resume())
+        assert log.rows("trajectory") == 5
+        log.append_trajectory(traj_row(5, atoms, rng))
         frame = labelled(1, seed=9)
         assert not log.has_key(configuration_key(frame))
         log.append_frame(frame, step=4, reason="halt", split=0)
         assert log.has_key(configuration_key(frame)) and log.frame_index(configuration_key(frame)) == 0
     steps = read_table(path, "trajectory")["step"]
-    np.testing.assert_array_equal(steps, [0, 1, 2, 3, 4])
+    np.testing.assert_array_equal(steps, [0, 1, 2, 3, 4, 5])
 
 
 def test_open_refuses_foreign_files_and_create_refuses_overwrite(tmp_path):

@@ -1,6 +1,12 @@
 """``otf-statcut run input.yaml``: an on-the-fly MD run (also under ``mpiexec -n N``).
 
-Re-running the same command continues an interrupted run from its last checkpoint. Under
+Re-running the same command continues an interrupted run from its last checkpoint.
+
+Exit status: 0 finished (or the session's steps done), 1 stopped at the last checkpoint
+(resumable: a halt that could not be labelled, too many failed labels in a row), 2 a mistake in
+the input or a damaged run file (one line, nothing written), 3 a label that could not be
+interrupted ran past ``labeler.timeout_s`` (resumable), 4 the environment (disk full, quota,
+unwritable path; one line naming the path; resumable), 130 interrupted. Under
 ``mpiexec`` every rank runs this command; rank 0 drives the MD and the MLIP and prints, the
 other ranks serve the DFT labeller. ``GPAW_MPI_BACKEND`` and ``OMP_NUM_THREADS`` are set by the
 program, not by the user.
@@ -51,7 +57,7 @@ def _run(args, comm, rank: int) -> int:
     from pathlib import Path
 
     from ..config import load_run_config
-    from ..engine.calculator import HaltError
+    from ..engine.label_policy import RunStopped
     from ..engine.run import run_otf
 
     config = load_run_config(args.input)
@@ -70,7 +76,7 @@ def _run(args, comm, rank: int) -> int:
     progress = False if args.no_progress else None
     try:
         summary = run_otf(config, comm=comm, progress=progress, overwrite=args.overwrite)
-    except HaltError as exc:
+    except RunStopped as exc:  # a halt that could not be labelled, too many failed labels
         if rank == 0:
             print(f"otf-statcut run: stopped: {exc}", file=sys.stderr)
         return 1

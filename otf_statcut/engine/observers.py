@@ -100,6 +100,7 @@ class RunRecorder:
         self.last_step = self._last_written_step()
         self.checkpoint_step = -1
         calc.step = self.step_offset
+        calc.external_steps = True  # this recorder counts the steps
 
     @property
     def step(self) -> int:

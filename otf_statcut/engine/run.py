@@ -10,9 +10,13 @@ Under ``mpiexec -n N`` every rank calls :func:`run_otf`; rank 0 runs the MD and 
 other ranks serve the labeller (GPAW) until rank 0 is done (see
 :mod:`otf_statcut.labelers.mpi`).
 
-Resume: re-running with the same input continues from the last checkpoint. Trajectory rows
-after it are dropped and recomputed; labelled frames are never dropped, and a configuration
-already in the data set is reused instead of labelled (or stored) again. Thermostat random
+Resume: re-running with the same input continues from the last checkpoint. The run file is
+inspected first and nothing is written to a damaged one (:mod:`otf_statcut.io.run_health`).
+Trajectory rows, models and cutoff refits after the checkpoint are dropped and recomputed;
+labelled frames are never dropped (only a frame torn by a kill while it was written, which
+fails its checksum), and a configuration already in the data set is reused instead of labelled
+(or stored) again. One run at a time writes an output folder: :class:`~otf_statcut.io.lock.RunLock`
+(a lock of the program's own, independent of HDF5's file locking) refuses a second. Thermostat random
 numbers continue from the stored generator state; the trajectory after a resume is a valid
 continuation, not bit-identical to an uninterrupted run (floating-point reductions in the MLIP
 and DFT are not bitwise reproducible).
@@ -23,6 +27,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,12 +38,13 @@ import numpy as np
 from ase.data import chemical_symbols
 
 from ..config import RunConfig
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, EnvironmentFailure, environment_failure
 from ..io.runlog import RunLog, read_table
 from ..labelers.base import LabelingError
 from ..stats.element_cutoffs import describe
-from .calculator import HaltError, OTFCalculator
+from .calculator import OTFCalculator
 from .dynamics import dynamics_state, make_dynamics, restore_dynamics_state, set_velocities
+from .label_policy import HARD_TIMEOUT_EXIT, LabelPolicy, RunStopped
 from .learner import Learner, sampling_size
 from .observers import ProgressBar, RunRecorder, write_events
 from .system import build_structure, rattled_copies
@@ -132,13 +139,43 @@ class OTFRun:
 
     # --- the loop ------------------------------------------------------------------------------
     def execute(self) -> RunSummary:
-        """Run (or resume) to ``md.steps`` and return the summary."""
+        """Run (or resume) to ``md.steps`` and return the summary.
+
+        Raises
+        ------
+        UserError
+            A mistake in the input (one line); nothing was written.
+        RunStopped
+            The run stopped at its last checkpoint (status ``stopped``; re-running resumes):
+            a halt that could not be labelled, too many failed labels in a row.
+        EnvironmentFailure
+            Disk full, quota or an unwritable path (one line naming the path; resumable).
+        """
+        from ..io.lock import RunLock
+
         cfg = self.config
-        self.folder.mkdir(parents=True, exist_ok=True)
-        runlog = self._open_log()
-        status = "failed"
+        needs_cell = cfg.md.ensemble == "npt"
+        start_atoms = build_structure(cfg.system, self.where, needs_cell=needs_cell)  # before any disk work
+        self._check_output_folder()
+        with RunLock(self.folder):
+            try:
+                runlog = self._open_log(len(start_atoms))
+            except OSError as exc:
+                raise environment_failure(exc, str(self.path)) or exc
+            try:
+                return self._execute(runlog, start_atoms)
+            except OSError as exc:
+                failure = environment_failure(exc, str(self.folder))
+                if failure is None:
+                    raise
+                raise failure from exc
+
+    def _execute(self, runlog: RunLog, start_atoms) -> RunSummary:
+        cfg = self.config
+        status, reason = "failed", ""
+        learner = None
         try:
-            start_atoms = build_structure(cfg.system, self.where, needs_cell=cfg.md.ensemble == "npt")
+            self.policy = self._policy(runlog)
             checkpoint = runlog.read_checkpoint()
             if checkpoint is None:
                 learner, atoms, rng = self._fresh(runlog, start_atoms)
@@ -149,7 +186,7 @@ class OTFRun:
             write_events(runlog, learner.events)
             runlog.flush()
             remaining = cfg.md.steps - step0
-            calc = OTFCalculator(learner, self.labeler, lookup=self._lookup(runlog))
+            calc = OTFCalculator(learner, self.policy, lookup=self._lookup(runlog))
             atoms.calc = calc
             dyn = make_dynamics(atoms, cfg.md, rng)
             restore_dynamics_state(cfg.md.ensemble, dyn, dyn_state)
@@ -159,6 +196,7 @@ class OTFRun:
                                    flush_every=cfg.output.flush_every, rng=rng,
                                    dynamics_state=lambda: dynamics_state(cfg.md.ensemble, dyn),
                                    wall_offset=wall0)
+            self._on_timeout = lambda message, key: self._abort_on_timeout(runlog, recorder, message, key)
             dyn.attach(recorder, interval=1)
             bar = None
             if self.progress:
@@ -180,28 +218,101 @@ class OTFRun:
             runlog.flush()
             return self._summary(runlog, learner, calc, status, max(remaining, 0), session_wall)
         except KeyboardInterrupt:
-            status = "interrupted"
+            status, reason = "interrupted", "interrupted (SIGINT)"
             raise
-        except HaltError:
-            status = "stopped"  # resumable: re-running continues from the last checkpoint
+        except RunStopped as exc:
+            status, reason = "stopped", str(exc)  # resumable: re-running continues from the last checkpoint
+            raise
+        except BaseException as exc:
+            reason = f"{type(exc).__name__}: {exc}"
             raise
         finally:
+            self._close(runlog, learner, status, reason)
+
+    def _close(self, runlog: RunLog, learner, status: str, reason: str) -> None:
+        """Store what the learner still holds (labels first), the status, and close; a failing
+        disk must not hide the error that stopped the run."""
+        try:
+            if learner is not None and learner.events:
+                write_events(runlog, learner.events)
             if status not in ("finished", "running"):
-                runlog.set_status(status)
+                runlog.set_status(status, reason)
             runlog.close()
+        except (OSError, RuntimeError, ValueError) as exc:  # e.g. the disk is full
+            log.error("%s: could not finish writing the run file (%s)", self.path, exc)
+            try:
+                runlog.file.close()
+            except Exception:  # noqa: BLE001 - closing a file whose disk failed
+                pass
+
+    # --- checks, labelling policy ---------------------------------------------------------------
+    def _check_output_folder(self) -> None:
+        """``output.folder`` must be a folder (or creatable) and writable: checked before any work."""
+        folder = self.folder
+        key = f"{self.where}: output.folder"
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"{key}: {folder} is a file, not a folder; choose a folder path")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise environment_failure(exc, str(folder)) or EnvironmentFailure(
+                f"{folder}: cannot create the output folder ({exc.strerror or exc}); check {key}") from exc
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise EnvironmentFailure(f"{folder}: the output folder is not writable; check {key} or its permissions")
+        if self.path.exists() and not self.path.is_file():
+            raise ConfigError(f"{key}: {self.path} exists and is not a run file; remove it or choose another folder")
+
+    def _policy(self, runlog: RunLog) -> LabelPolicy:
+        lc = self.config.labeler
+        labeler = self.labeler
+        interruptible = not (getattr(labeler, "collective", False) and getattr(labeler, "size", 1) > 1)
+        return LabelPolicy(labeler, timeout_s=lc.timeout_s, max_energy_deviation=lc.max_energy_deviation,
+                           max_consecutive_failures=lc.max_consecutive_failures, interruptible=interruptible,
+                           on_hard_timeout=lambda message, key: self._on_timeout(message, key),
+                           known_timeouts=runlog.failed_keys("timeout"))
+
+    def _on_timeout(self, message: str, key: str) -> None:  # replaced once the recorder exists
+        self._abort_on_timeout(None, None, message, key)
+
+    def _abort_on_timeout(self, runlog: RunLog | None, recorder, message: str, key: str) -> None:
+        """Called from the watchdog thread: a label could not be interrupted. Record it, then end
+        every rank (the run resumes from its last checkpoint and skips this configuration)."""
+        step = -1 if recorder is None else int(recorder.calc.step)
+        text = (f"step {step}: {message}; the run stopped at its last checkpoint and this configuration will "
+                "not be labelled again; re-run to resume (raise labeler.timeout_s if labels need longer)")
+        try:
+            runlog = runlog or self._runlog
+            runlog.append_failure(step=step, reason="timeout", message=message, key=key)
+            runlog.set_status("stopped", text)
+            runlog.file.flush()
+        except Exception as exc:  # noqa: BLE001 - ending the run matters more than the record
+            log.error("could not record the timeout in %s: %s", self.path, exc)
+        print(f"otf-statcut run: stopped: {text}", file=sys.stderr, flush=True)
+        from ..io.lock import release_all
+
+        release_all()
+        comm = getattr(self.labeler, "comm", None)
+        if comm is not None and getattr(self.labeler, "size", 1) > 1:
+            comm.Abort(HARD_TIMEOUT_EXIT)
+        os._exit(HARD_TIMEOUT_EXIT)
 
     # --- start or resume ---------------------------------------------------------------------
-    def _open_log(self) -> RunLog:
+    def _open_log(self, n_atoms: int) -> RunLog:
         cfg = self.config
         if self.path.exists() and not self.overwrite:
             runlog = RunLog.open(self.path)
             try:
                 _check_same_run(runlog.config, cfg.to_dict(), self.path)
-            except ConfigError:
-                runlog.close()
+                for line in runlog.prepare_resume():  # validates before writing; DataError if damaged
+                    log.info("%s: %s", self.path, line)
+            except (ConfigError, DataError):
+                runlog.file.close()  # nothing written: close without flushing
                 raise
-            return runlog
-        return RunLog.create(self.path, input_text=cfg.text, config=cfg.to_dict(), overwrite=self.overwrite)
+        else:
+            runlog = RunLog.create(self.path, input_text=cfg.text, config=cfg.to_dict(), overwrite=self.overwrite,
+                                   n_atoms=n_atoms)
+        self._runlog = runlog
+        return runlog
 
     def _learner(self, potential, symbols) -> Learner:
         from ..fit_cycle import element_counts
@@ -240,11 +351,15 @@ class OTFRun:
             lookup = self._lookup(runlog)
             frames = []
             for copy, split in zip(copies, splits):
-                frame = lookup(_key(copy))  # labelled before an interruption: not labelled again
+                key = _key(copy)
+                frame = lookup(key)  # labelled before an interruption: not labelled again
                 if frame is None:
                     try:
-                        frame = self.labeler.label(copy)
+                        frame = self.policy.label(
+                            copy, key=key, expected_energy=LabelPolicy.expected_initial_energy(frames, copy))
                     except LabelingError as exc:
+                        runlog.append_failure(step=-1, reason="initial", message=f"{type(exc).__name__}: {exc}",
+                                              key=key)
                         raise DataError(
                             f"{self.where}: initial_data: the {self.labeler.name} labeller failed on rattled "
                             f"structure {len(frames) + 1} of {len(copies)} ({exc}); check labeler.settings "
@@ -293,9 +408,7 @@ class OTFRun:
         after = len(frames) - checkpoint.dataset_rows  # labels stored after the checkpoint (kept)
         learner.labels_since_retrain = checkpoint.labels_since_retrain + max(after, 0)
         learner.last_fit_size = max(len(frames) - learner.labels_since_retrain, 0)
-        dropped = runlog.truncate_trajectory(checkpoint.step)
-        log.info("resuming at step %d (model %d, %d frames; %d trajectory rows recomputed)",
-                 checkpoint.step, checkpoint.model, len(frames), dropped)
+        log.info("resuming at step %d (model %d, %d frames)", checkpoint.step, checkpoint.model, len(frames))
         if checkpoint.retrain_pending or learner.retrain_due:
             learner.fit(step=checkpoint.step, reason="every")
         rng = np.random.default_rng()

@@ -1,18 +1,25 @@
 """The run log: the one module that writes (and lays out) the HDF5 file of ``otf-statcut run``.
 
-Append-only (the checkpoint group excepted, which holds only the latest state) and flushed by
-the writer after every MD step (``output.flush_every``), so a killed run leaves a file that is
-readable with plain ``h5py`` up to the last flushed step. Trajectory rows wait in memory until
-the next :meth:`RunLog.flush` and are then written one block per column. The file is opened
-with HDF5's default (oldest) format version, which keeps no "open for writing" flag that a
-crash could leave set.
+Append-only, and flushed by the writer after every MD step (``output.flush_every``), so a
+killed run leaves a file that is readable with plain ``h5py`` up to the last flushed step.
+Nothing is rewritten in place during a run except fixed-size bytes: the ``status`` datasets
+and the double-buffered, checksummed checkpoint (:mod:`otf_statcut.io.checkpoint`), so no kill
+can leave a file that cannot be resumed; :mod:`otf_statcut.io.run_health` checks a file before
+a resume writes to it and drops what a kill tore. A new file is written under a temporary name
+and renamed into place once its skeleton is on disk. Trajectory rows wait in memory until the
+next :meth:`RunLog.flush` and are then written one block per column. The file is opened with
+HDF5's default (oldest) format version, which keeps no "open for writing" flag that a crash
+could leave set.
 
 Layout (schema ``otf-statcut/run``, version :data:`SCHEMA_VERSION`); ``T`` trajectory rows,
 ``F`` labelled frames, ``A`` atoms over all labelled frames, ``n`` atoms in the MD cell::
 
-    /                      attrs: schema, schema_version, otf_statcut_version, created, status,
-                                  input (YAML text), config (resolved settings, JSON),
-                                  versions (JSON: python, numpy, ase, h5py, torch, nequip, gpaw)
+    /                      attrs (written once, when the file is created): schema, schema_version,
+                                  otf_statcut_version, created, input (YAML text), config
+                                  (resolved settings, JSON), versions (JSON: python, numpy, ase,
+                                  h5py, torch, nequip, gpaw)
+    /status                S16 ()   running | finished | stopped | interrupted | failed
+    /status_reason         S1024 () why the run stopped ("" while running or when finished)
     /trajectory/           one row per recorded MD step
         step          int64 (T,)        MD step (0 = starting structure)
         time_fs       float64 (T,)      simulated time, fs
@@ -47,6 +54,7 @@ Layout (schema ``otf-statcut/run``, version :data:`SCHEMA_VERSION`); ``T`` traje
         attempts      int16 (F,)        labelling attempts used
         labeler       S2048 (F,)        labeller settings (JSON)
         key           S40 (F,)          configuration fingerprint (duplicate check on resume)
+        checksum      S40 (F,)          SHA-1 of the frame's stored values (torn-write check)
     /models/               one row per trained model
         model, step, reason (initial | every | halt), warm_start, n_train, n_val, epochs,
         train_time_s (potential), head_time_s (head fit and cutoff refit), val_force_mae,
@@ -63,13 +71,14 @@ Layout (schema ``otf-statcut/run``, version :data:`SCHEMA_VERSION`); ``T`` traje
         params, ks_pvalue, n, ...), pooled (bool: this element is judged by the pooled fits,
         too few validation atoms of its own), fallbacks (JSON: which fit is the robust "tail"
         fallback and why, {} when both fits are credible candidates)
-    /failures/             one row per failed label: step, reason, message
-    /checkpoint/           the latest resumable state (overwritten): attrs step, time_fs,
-                           model, n_labels, labels_since_retrain, retrain_pending, rng (JSON),
-                           dynamics (JSON), trajectory_rows, dataset_rows, wall_time_s;
-                           datasets positions, momenta, cell, numbers, pbc
+    /failures/             one row per failed label: step, reason (label | halt | initial |
+                           cutoffs | timeout | energy), message, key (configuration key, "" if
+                           none)
+    /checkpoint/           the latest resumable state: ``pointer`` and two fixed-size slots
+                           (layout in :mod:`otf_statcut.io.checkpoint`; read it with
+                           :meth:`RunLog.read_checkpoint`)
 
-Strings are fixed-width UTF-8 byte strings (``S16`` ... ``S2048``; decode with
+Strings in tables are fixed-width UTF-8 byte strings (``S16`` ... ``S2048``; decode with
 ``.decode()``): variable-length strings live in heap objects that a kill between a write and the
 next flush can leave dangling, after which the file can be read but no longer appended to.
 Per-row tables are groups of equal-length 1-D (or N-D) datasets, so
@@ -82,7 +91,6 @@ import datetime
 import hashlib
 import json
 import platform
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -92,6 +100,10 @@ from ase import Atoms
 
 from .. import __version__
 from ..errors import DataError
+from .checkpoint import Checkpoint, create_slots, slots_atoms
+from .checkpoint import read_checkpoint as _read_checkpoint
+from .checkpoint import write_checkpoint as _write_checkpoint
+from .run_health import FileHealth, frame_checksum, inspect, repair
 
 __all__ = [
     "SCHEMA",
@@ -109,7 +121,9 @@ __all__ = [
 ]
 
 SCHEMA = "otf-statcut/run"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+#: Older schema versions this version can still read (not resume).
+READABLE_VERSIONS = (2, 3)
 #: Why a frame is in the data set.
 REASONS = ("initial", "label", "halt")
 _CHUNK = 64
@@ -152,6 +166,7 @@ _DATASET_FRAME = {
     "attempts": ("int16", ()),
     "labeler": (_text(2048), ()),
     "key": (_text(40), ()),
+    "checksum": (_text(40), ()),
 }
 _DATASET_ATOM = {"numbers": ("int32", ()), "positions": ("float64", (3,)), "forces": ("float64", (3,))}
 _MODELS = {
@@ -193,64 +208,11 @@ _CUTOFFS = {
     "pooled": ("bool", ()),
     "fallbacks": (_text(1024), ()),
 }
-_FAILURES = {"step": ("int64", ()), "reason": (_text(16), ()), "message": (_text(1024), ())}
+_FAILURES = {"step": ("int64", ()), "reason": (_text(16), ()), "message": (_text(1024), ()),
+             "key": (_text(40), ())}
+#: Values of ``/status``.
+STATUSES = ("running", "finished", "stopped", "interrupted", "failed")
 _TABLES = {"trajectory": _TRAJECTORY, "models": _MODELS, "cutoffs": _CUTOFFS, "failures": _FAILURES}
-
-
-@dataclass
-class Checkpoint:
-    """Everything needed to continue a run: MD state, counters, RNG and dynamics state.
-
-    Attributes
-    ----------
-    step : int
-        MD steps done.
-    time_fs : float
-        Simulated time, fs.
-    positions, momenta : ndarray (n, 3)
-        Å and ASE momentum units (amu·Å/ASE-time).
-    cell : ndarray (3, 3)
-    numbers : ndarray (n,)
-    pbc : ndarray (3,)
-    model : int
-        Id of the current model (row of ``/models``; its weights are in ``models/<id>``).
-    n_labels : int
-        Labelled frames added during MD so far.
-    labels_since_retrain : int
-    retrain_pending : bool
-        A retrain was due (e.g. the run stopped while training): do it first on resume.
-    rng : dict
-        ``numpy.random.Generator.bit_generator.state`` of the dynamics' random numbers.
-    dynamics : dict
-        Extra state of the integrator (JSON-serialisable; e.g. thermostat variables).
-    trajectory_rows, dataset_rows : int
-        Rows of those tables when the checkpoint was written.
-    wall_time_s : float
-        Wall time of the run so far (all sessions).
-    """
-
-    step: int
-    time_fs: float
-    positions: np.ndarray
-    momenta: np.ndarray
-    cell: np.ndarray
-    numbers: np.ndarray
-    pbc: np.ndarray
-    model: int
-    n_labels: int = 0
-    labels_since_retrain: int = 0
-    retrain_pending: bool = False
-    rng: dict = field(default_factory=dict)
-    dynamics: dict = field(default_factory=dict)
-    trajectory_rows: int = 0
-    dataset_rows: int = 0
-    wall_time_s: float = 0.0
-
-    def atoms(self) -> Atoms:
-        """The MD configuration with its momenta."""
-        atoms = Atoms(numbers=self.numbers, positions=self.positions, cell=self.cell, pbc=self.pbc)
-        atoms.set_momenta(self.momenta, apply_constraint=False)
-        return atoms
 
 
 def configuration_key(atoms: Atoms, decimals: int = 8) -> str:
@@ -288,9 +250,10 @@ class RunLog:
     which the engine calls once per MD step (after the step's rows and, when due, the checkpoint).
     """
 
-    def __init__(self, handle: h5py.File):
+    def __init__(self, handle: h5py.File, health: FileHealth | None = None):
         self.file = handle
         self.path = Path(handle.filename)
+        self.health = health
         self._keys: set[str] | None = None
         self._pending: list[dict[str, np.ndarray]] = []
         self._columns: dict | None = None
@@ -299,48 +262,91 @@ class RunLog:
     # --- opening ---------------------------------------------------------------------------
     @classmethod
     def create(cls, path, *, input_text: str = "", config: Mapping[str, Any] | None = None,
-               overwrite: bool = False) -> RunLog:
-        """Create a new run file (refuses to replace an existing one unless ``overwrite``)."""
+               overwrite: bool = False, n_atoms: int | None = None) -> RunLog:
+        """Create a new run file (refuses to replace an existing one unless ``overwrite``).
+
+        The skeleton (every table, the status, and, given ``n_atoms``, the trajectory and both
+        checkpoint slots) is written under ``<name>.partial`` and renamed into place, so a kill
+        during creation leaves no half-made run file.
+        """
         path = Path(path)
         if path.exists() and not overwrite:
             raise DataError(f"{path}: a run file exists already; open it to resume, or remove it")
         path.parent.mkdir(parents=True, exist_ok=True)
-        f = h5py.File(path, "w")
-        f.attrs["schema"] = SCHEMA
-        f.attrs["schema_version"] = SCHEMA_VERSION
-        f.attrs["otf_statcut_version"] = __version__
-        f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        f.attrs["status"] = "running"
-        f.attrs["input"] = input_text
-        f.attrs["config"] = json.dumps(dict(config or {}), sort_keys=True, default=str)
-        f.attrs["versions"] = json.dumps(software_versions(), sort_keys=True)
-        for name, columns in _TABLES.items():
-            if name != "trajectory":  # the trajectory's shapes need n, known at the first row
-                _make_table(f.create_group(name), columns, n=0)
-        g = f.create_group("dataset")
-        _make_table(g, _DATASET_FRAME, n=0)
-        _make_table(g, _DATASET_ATOM, n=0)
-        f.flush()
-        return cls(f)
+        partial = path.with_name(path.name + ".partial")
+        with h5py.File(partial, "w") as f:
+            f.attrs["schema"] = SCHEMA
+            f.attrs["schema_version"] = SCHEMA_VERSION
+            f.attrs["otf_statcut_version"] = __version__
+            f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            f.attrs["input"] = input_text
+            f.attrs["config"] = json.dumps(dict(config or {}), sort_keys=True, default=str)
+            f.attrs["versions"] = json.dumps(software_versions(), sort_keys=True)
+            f.create_dataset("status", data=np.bytes_(b"running"), dtype=_text(16))
+            f.create_dataset("status_reason", data=np.bytes_(b""), dtype=_text(1024))
+            for name, columns in _TABLES.items():
+                if name != "trajectory":  # the trajectory's shapes need n
+                    _make_table(f.create_group(name), columns, n=0)
+            g = f.create_group("dataset")
+            _make_table(g, _DATASET_FRAME, n=0)
+            _make_table(g, _DATASET_ATOM, n=0)
+            checkpoint = f.create_group("checkpoint")
+            if n_atoms is not None:
+                _make_trajectory(f, int(n_atoms), None)
+                create_slots(checkpoint, int(n_atoms))
+            else:
+                checkpoint.create_dataset("pointer", data=np.int64(-1))
+        partial.replace(path)
+        return cls(h5py.File(path, "a"), health=None)
 
     @classmethod
     def open(cls, path, mode: str = "a") -> RunLog:
-        """Open an existing run file (``"a"`` to append and resume, ``"r"`` to read)."""
+        """Open an existing run file: ``"a"`` to resume (after :meth:`prepare_resume`), ``"r"`` to read.
+
+        The file is inspected (:func:`otf_statcut.io.run_health.inspect`) before anything is
+        written; readers see only intact rows (``health.rows``).
+        """
         path = Path(path)
         if not path.is_file():
             raise DataError(f"{path}: run file not found")
         try:
             f = h5py.File(path, mode)
         except OSError as exc:
-            raise DataError(f"{path}: cannot open the run file ({exc})") from exc
-        if f.attrs.get("schema") != SCHEMA:
+            raise DataError(f"{path}: cannot open the run file ({_first_line(exc)}); it is not an HDF5 file "
+                            "or it is damaged beyond reading") from exc
+        try:
+            schema, version = f.attrs.get("schema"), int(f.attrs.get("schema_version", -1))
+        except (OSError, ValueError, TypeError) as exc:
+            f.close()
+            raise DataError(f"{path}: the run file's attributes are unreadable ({_first_line(exc)})") from exc
+        if schema != SCHEMA:
             f.close()
             raise DataError(f"{path}: not an otf-statcut run file (attribute 'schema' is not {SCHEMA!r})")
-        if int(f.attrs.get("schema_version", -1)) != SCHEMA_VERSION:
-            version = f.attrs.get("schema_version")
+        if version not in READABLE_VERSIONS or (mode != "r" and version != SCHEMA_VERSION):
             f.close()
-            raise DataError(f"{path}: run file schema_version {version}, this version reads {SCHEMA_VERSION}")
-        return cls(f)
+            raise DataError(f"{path}: run file schema_version {version}, this version "
+                            f"{'reads' if mode == 'r' else 'resumes'} "
+                            f"{READABLE_VERSIONS if mode == 'r' else SCHEMA_VERSION}; export its data set "
+                            "(`otf-statcut export`) and start a new run from it")
+        return cls(f, health=inspect(f))
+
+    def prepare_resume(self) -> list[str]:
+        """Check that the file can be resumed and drop what a kill tore or left after the last
+        checkpoint (labelled frames are kept). Returns a line per repair.
+
+        Raises
+        ------
+        DataError
+            One line saying what is damaged and what is still recoverable; nothing was written.
+        """
+        health = self.health if self.health is not None else inspect(self.file)
+        if not health.resumable:
+            raise DataError(health.message())
+        done = repair(self.file, health)
+        self.file.flush()
+        self.health = inspect(self.file)
+        self._keys, self._columns = None, None
+        return list(health.notes) + done
 
     # --- metadata ---------------------------------------------------------------------------
     @property
@@ -351,12 +357,25 @@ class RunLog:
     def input_text(self) -> str:
         return str(self.file.attrs["input"])
 
-    def set_status(self, status: str) -> None:
-        self.file.attrs["status"] = status
+    @property
+    def status(self) -> str:
+        """``running``, ``finished``, ``stopped``, ``interrupted`` or ``failed``."""
+        if "status" not in self.file:  # schema 2
+            return str(self.file.attrs.get("status", "unknown"))
+        return bytes(self.file["status"][()]).decode("utf-8", "replace")
 
-    def set_attr(self, name: str, value: Any) -> None:
-        """Store a scalar or JSON-serialisable value as a root attribute."""
-        self.file.attrs[name] = value if isinstance(value, (int, float, str)) else json.dumps(value)
+    @property
+    def status_reason(self) -> str:
+        if "status_reason" not in self.file:
+            return ""
+        return bytes(self.file["status_reason"][()]).decode("utf-8", "replace")
+
+    def set_status(self, status: str, reason: str = "") -> None:
+        """Write the status (in place: fixed-width bytes) and why the run stopped."""
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+        self.file["status_reason"][()] = np.bytes_(reason.encode("utf-8")[:1024])
+        self.file["status"][()] = np.bytes_(status.encode("utf-8"))
 
     # --- appending ----------------------------------------------------------------------------
     def append_trajectory(self, row: Mapping[str, Any]) -> int:
@@ -367,10 +386,9 @@ class RunLog:
         column (a per-row write costs about ten times more).
         """
         if "trajectory" not in self.file:
-            n = len(row["positions"])
-            g = self.file.create_group("trajectory")
-            _make_table(g, _TRAJECTORY, n=n)
-            g.create_dataset("numbers", data=np.asarray(row["numbers"], dtype=np.int32))
+            _make_trajectory(self.file, len(row["positions"]), row["numbers"])
+        elif "numbers" not in self.file["trajectory"]:
+            self.file["trajectory"].create_dataset("numbers", data=np.asarray(row["numbers"], dtype=np.int32))
         values = {}
         for name, (dtype, _) in _TRAJECTORY.items():
             value = row.get(name)
@@ -403,13 +421,15 @@ class RunLog:
             "forces": np.asarray(results["forces"], dtype=np.float64),
         })
         stress = results.get("stress")
+        stress = np.full(6, np.nan) if stress is None else _voigt(stress)
+        reason_bytes = reason.encode("utf-8")
         index = _append(g, _DATASET_FRAME, {
             "offset": offset,
             "n_atoms": len(frame),
             "cell": np.asarray(frame.cell[:]),
             "pbc": np.asarray(frame.pbc, dtype=bool),
             "energy": float(results["energy"]),
-            "stress": np.full(6, np.nan) if stress is None else _voigt(stress),
+            "stress": stress,
             "step": int(step),
             "reason": reason,
             "split": int(split),
@@ -418,6 +438,9 @@ class RunLog:
             "attempts": int(frame.info.get("label_attempts", 1)),
             "labeler": labeler if isinstance(labeler, str) else json.dumps(dict(labeler), sort_keys=True),
             "key": key,
+            "checksum": frame_checksum(frame.numbers, frame.positions, results["forces"], frame.cell[:],
+                                       frame.pbc, float(results["energy"]), stress, int(step), reason_bytes,
+                                       int(split), key.encode()),
         })
         if self._keys is not None:
             self._keys.add(key)
@@ -452,34 +475,32 @@ class RunLog:
             })
         return refit
 
-    def append_failure(self, *, step: int, reason: str, message: str) -> int:
-        return _append(self.file["failures"], _FAILURES, {"step": step, "reason": reason, "message": message})
+    def append_failure(self, *, step: int, reason: str, message: str, key: str = "") -> int:
+        """Append a failed label (``key``: its configuration key, so a resume knows it)."""
+        return _append(self.file["failures"], _FAILURES,
+                       {"step": step, "reason": reason, "message": message, "key": key})
+
+    def failed_keys(self, reason: str) -> set[str]:
+        """Configuration keys of the failures with this reason (e.g. ``timeout``)."""
+        g = self.file["failures"]
+        n = min(len(g["reason"]), len(g["key"]))
+        return {k for r, k in zip(_strings(g["reason"])[:n], _strings(g["key"])[:n]) if r == reason and k}
 
     def write_checkpoint(self, cp: Checkpoint) -> None:
-        """Replace the checkpoint group with ``cp`` (its row counts are filled in here)."""
+        """Commit ``cp`` (its row counts are filled in here): the rows appended so far are
+        flushed first, then the checkpoint goes into the spare slot and the pointer moves
+        (see :mod:`otf_statcut.io.checkpoint`)."""
+        self.flush()
         cp.trajectory_rows = self.rows("trajectory")
         cp.dataset_rows = self.rows("dataset")
-        arrays = {name: np.asarray(getattr(cp, name))
-                  for name in ("positions", "momenta", "cell", "numbers", "pbc")}
-        g = self.file.get("checkpoint")
-        same = g is not None and all(name in g and g[name].shape == a.shape and g[name].dtype == a.dtype
-                                     for name, a in arrays.items())
-        if same:  # overwrite in place: HDF5 does not reuse the space of deleted datasets
-            for name, a in arrays.items():
-                g[name][...] = a
-        else:
-            if g is not None:
-                del self.file["checkpoint"]
-            g = self.file.create_group("checkpoint")
-            for name, a in arrays.items():
-                g.create_dataset(name, data=a)
-        for name in ("step", "model", "n_labels", "labels_since_retrain", "trajectory_rows", "dataset_rows"):
-            g.attrs[name] = int(getattr(cp, name))
-        g.attrs["time_fs"] = float(cp.time_fs)
-        g.attrs["wall_time_s"] = float(cp.wall_time_s)
-        g.attrs["retrain_pending"] = bool(cp.retrain_pending)
-        g.attrs["rng"] = json.dumps(cp.rng, default=int)
-        g.attrs["dynamics"] = json.dumps(cp.dynamics, default=_json_default)
+        cp.models_rows, cp.cutoffs_rows, cp.failures_rows = (self.rows(t) for t in ("models", "cutoffs",
+                                                                                     "failures"))
+        g = self.file["checkpoint"]
+        n = len(cp.numbers)
+        if slots_atoms(g) is None:
+            create_slots(g, n)
+            self.file.flush()
+        _write_checkpoint(g, cp, self.file.flush)
 
     def flush(self) -> None:
         """Write pending trajectory rows, then flush the file to the operating system."""
@@ -514,7 +535,10 @@ class RunLog:
 
     # --- reading ----------------------------------------------------------------------------
     def rows(self, table: str) -> int:
-        """Number of rows of ``trajectory``, ``dataset``, ``models``, ``cutoffs`` or ``failures``."""
+        """Number of rows of ``trajectory``, ``dataset``, ``models``, ``cutoffs`` or ``failures``
+        (intact rows only in a file opened for reading)."""
+        if self.file.mode == "r" and self.health is not None:
+            return int(self.health.rows.get(table, 0))
         pending = len(self._pending) if table == "trajectory" else 0
         if table == "trajectory" and self._columns is not None:
             return self._length + pending
@@ -524,35 +548,10 @@ class RunLog:
         return int(len(self.file[table][first])) + pending
 
     def read_checkpoint(self) -> Checkpoint | None:
-        if "checkpoint" not in self.file:
+        """The latest intact checkpoint (None if none was written or none is intact)."""
+        if "checkpoint" not in self.file or "pointer" not in self.file["checkpoint"]:
             return None
-        g = self.file["checkpoint"]
-        a = g.attrs
-        return Checkpoint(
-            step=int(a["step"]), time_fs=float(a["time_fs"]), positions=g["positions"][()],
-            momenta=g["momenta"][()], cell=g["cell"][()], numbers=g["numbers"][()], pbc=g["pbc"][()],
-            model=int(a["model"]), n_labels=int(a["n_labels"]),
-            labels_since_retrain=int(a["labels_since_retrain"]), retrain_pending=bool(a["retrain_pending"]),
-            rng=json.loads(a["rng"]), dynamics=json.loads(a["dynamics"]),
-            trajectory_rows=int(a["trajectory_rows"]), dataset_rows=int(a["dataset_rows"]),
-            wall_time_s=float(a["wall_time_s"]),
-        )
-
-    def truncate_trajectory(self, keep_through_step: int) -> int:
-        """Drop trajectory rows with ``step > keep_through_step`` (rows written after the last
-        checkpoint, which a resumed run recomputes). Returns the rows dropped."""
-        self._write_pending()
-        if "trajectory" not in self.file:
-            return 0
-        g = self.file["trajectory"]
-        steps = g["step"][()]
-        keep = int(np.searchsorted(steps, keep_through_step, side="right"))
-        dropped = len(steps) - keep
-        if dropped:
-            for name in _TRAJECTORY:
-                g[name].resize(keep, axis=0)
-        self._columns = None
-        return dropped
+        return _read_checkpoint(self.file["checkpoint"])[0]
 
     def has_key(self, key: str) -> bool:
         """Whether a frame with this configuration key is in the data set."""
@@ -568,7 +567,7 @@ class RunLog:
 
     def read_frames(self, indices: Sequence[int] | None = None) -> list[Atoms]:
         """Labelled frames of the data set (all, or the given rows); see :func:`read_dataset`."""
-        return _frames(self.file["dataset"], indices)
+        return _frames(self.file["dataset"], indices, self.rows("dataset"))
 
 
 # --- plain readers -----------------------------------------------------------------------------
@@ -579,8 +578,20 @@ def read_table(path, table: str) -> dict[str, np.ndarray]:
         if table not in f:
             return {}
         g = f[table]
-        return {name: (_strings(g[name]) if g[name].dtype.kind == "S" else g[name][()])
-                for name in g if isinstance(g[name], h5py.Dataset)}
+        n = runlog.rows(table)
+        out = {}
+        for name in g:
+            if not isinstance(g[name], h5py.Dataset):
+                continue
+            per_row = not (table == "trajectory" and name == "numbers")
+            if table == "dataset" and name in ("numbers", "positions", "forces"):
+                n_rows = runlog.health.rows.get("dataset_atoms", 0)
+            else:
+                n_rows = n if per_row else None
+            ds = g[name]
+            out[name] = (_strings(ds, n_rows) if ds.dtype.kind == "S" else ds[()] if n_rows is None
+                         else ds[:n_rows])
+        return out
 
 
 def read_cutoffs(path, model: int):
@@ -621,7 +632,7 @@ def read_dataset(path) -> list[Atoms]:
     ``wall_time_s``, ``attempts``, ``labeler`` (JSON), ``key``, ``index``.
     """
     with RunLog.open(path, "r") as runlog:
-        return _frames(runlog.file["dataset"], None)
+        return runlog.read_frames()
 
 
 def read_trajectory(path) -> tuple[list[Atoms], dict[str, np.ndarray]]:
@@ -704,9 +715,21 @@ def _write_rows(dsid, start: int, row: tuple, block: np.ndarray) -> None:
     dsid.write(h5s.create_simple(block.shape), file_space, block)
 
 
-def _strings(ds: h5py.Dataset) -> np.ndarray:
-    """Decode a fixed-width UTF-8 string column."""
-    return np.array([b.decode("utf-8", "replace") for b in ds[()]], dtype=object)
+def _strings(ds: h5py.Dataset, n: int | None = None) -> np.ndarray:
+    """Decode a fixed-width UTF-8 string column (its first ``n`` rows)."""
+    values = ds[()] if n is None else ds[:n]
+    return np.array([b.decode("utf-8", "replace") for b in values], dtype=object)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _make_trajectory(f: h5py.File, n: int, numbers) -> None:
+    g = f.create_group("trajectory")
+    _make_table(g, _TRAJECTORY, n=n)
+    if numbers is not None:
+        g.create_dataset("numbers", data=np.asarray(numbers, dtype=np.int32))
 
 
 def _append_many(g: h5py.Group, columns: Mapping[str, tuple], values: Mapping[str, np.ndarray]) -> None:
@@ -725,17 +748,19 @@ def _voigt(stress) -> np.ndarray:
     return s
 
 
-def _frames(g: h5py.Group, indices) -> list[Atoms]:
+def _frames(g: h5py.Group, indices, n: int) -> list[Atoms]:
     from ase.calculators.singlepoint import SinglePointCalculator
 
-    n = len(g["offset"])
     rows = range(n) if indices is None else [int(i) for i in indices]
-    offset, n_atoms = g["offset"][()], g["n_atoms"][()]
-    numbers, positions, forces = g["numbers"][()], g["positions"][()], g["forces"][()]
-    cell, pbc, energy, stress = g["cell"][()], g["pbc"][()], g["energy"][()], g["stress"][()]
-    step, split, max_sigma = g["step"][()], g["split"][()], g["max_sigma"][()]
-    wall, attempts = g["wall_time_s"][()], g["attempts"][()]
-    reason, labeler, key = (_strings(g[name]) for name in ("reason", "labeler", "key"))
+    if any(i >= n for i in rows):
+        raise IndexError(f"data-set rows {list(rows)} beyond the {n} intact frames")
+    offset, n_atoms = g["offset"][:n], g["n_atoms"][:n]
+    end = int(offset[-1] + n_atoms[-1]) if n else 0
+    numbers, positions, forces = g["numbers"][:end], g["positions"][:end], g["forces"][:end]
+    cell, pbc, energy, stress = g["cell"][:n], g["pbc"][:n], g["energy"][:n], g["stress"][:n]
+    step, split, max_sigma = g["step"][:n], g["split"][:n], g["max_sigma"][:n]
+    wall, attempts = g["wall_time_s"][:n], g["attempts"][:n]
+    reason, labeler, key = (_strings(g[name], n) for name in ("reason", "labeler", "key"))
     frames = []
     for i in rows:
         lo, hi = int(offset[i]), int(offset[i] + n_atoms[i])
@@ -749,11 +774,3 @@ def _frames(g: h5py.Group, indices) -> list[Atoms]:
                           key=str(key[i]))
         frames.append(atoms)
     return frames
-
-
-def _json_default(value):
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -17,6 +17,7 @@ from .base import (
     DEFAULT_RETRIES,
     Labeler,
     LabelingError,
+    LabelTimeout,
     SCFConvergenceError,
     UnphysicalLabelError,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "LABELERS",
     "Labeler",
     "LabelingError",
+    "LabelTimeout",
     "SCFConvergenceError",
     "UnphysicalLabelError",
     "make_labeler",

@@ -37,6 +37,7 @@ __all__ = [
     "LabelingError",
     "UnphysicalLabelError",
     "SCFConvergenceError",
+    "LabelTimeout",
     "DEFAULT_RETRIES",
     "DEFAULT_MAX_FORCE",
 ]
@@ -69,6 +70,10 @@ class UnphysicalLabelError(LabelingError):
 
 class SCFConvergenceError(LabelingError):
     """The self-consistent field did not converge."""
+
+
+class LabelTimeout(LabelingError):
+    """A label ran past its time limit (``labeler.timeout_s``); not retried."""
 
 
 # A plain record of one labelled result, before it becomes Atoms.
@@ -155,6 +160,8 @@ class Labeler:
             try:
                 result = self._compute(work)
                 result = self.check(result, len(atoms))
+            except LabelTimeout:
+                raise  # the time limit covers every attempt: no retry
             except Exception as exc:  # any failure of the method is a failed attempt
                 error = exc
             if not self._agree(error is None) and error is None:

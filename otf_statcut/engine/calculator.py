@@ -267,13 +267,18 @@ class OTFCalculator(PotentialCalculator):
 
 
 #: Methods of an ASE dynamics that evaluate the current configuration, not the next one.
-_OUTSIDE_STEP = frozenset({"irun", "run", "__init__", "log", "call_observers", "todict", "initialize"})
+_OUTSIDE_STEP = frozenset({"irun", "run", "__init__", "log", "call_observers", "todict", "initialize",
+                           "_refresh_properties"})
 
 
 def _calling_dynamics():
-    """The ASE dynamics (``ase.optimize.optimize.Dynamics``) up the call stack, and whether the
-    call comes from inside its ``step`` (then it evaluates the configuration of step nsteps + 1)."""
-    from ase.optimize.optimize import Dynamics
+    """The ASE dynamics (``ase.optimize.optimize.BaseDynamics``: MD and optimisers) up the call
+    stack, and whether the call comes from inside its ``step`` (then it evaluates the
+    configuration of step nsteps + 1)."""
+    try:
+        from ase.optimize.optimize import BaseDynamics as Dynamics
+    except ImportError:  # ASE < 3.23
+        from ase.optimize.optimize import Dynamics
 
     frame = sys._getframe(2)
     for _ in range(40):

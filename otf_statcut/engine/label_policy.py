@@ -9,7 +9,7 @@ only the run can judge:
   inside it: a failed label, and the run goes on. Where it cannot (a collective DFT call on
   every MPI rank, where interrupting one rank would leave the others waiting in a collective
   forever; or compiled code that never returns to Python), a watchdog thread waits a grace
-  period more and then calls ``on_hard_timeout``: the run records the failure (with the
+  period more (as long again as the limit, at most 30 s) and then calls ``on_hard_timeout``: the run records the failure (with the
   configuration's key) and its status, flushes, and ends every rank (``MPI_Abort`` / exit
   status 3). The run resumes from its last checkpoint, and a configuration that timed out is
   never sent to the labeller again (:attr:`LabelPolicy.known_timeouts`, from ``/failures``).
@@ -79,7 +79,8 @@ class LabelPolicy:
     known_timeouts : iterable of str
         Configuration keys that timed out before: failed at once, the labeller is not called.
     grace_s : float
-        Extra wait of the watchdog after an alarm that did not end the label.
+        Extra wait of the watchdog after an alarm that did not end the label (at most
+        ``timeout_s``).
     """
 
     def __init__(self, labeler, *, timeout_s: float | None = None, max_energy_deviation: float = 1.0,
@@ -93,7 +94,7 @@ class LabelPolicy:
         self.interruptible = bool(interruptible)
         self.on_hard_timeout = on_hard_timeout
         self.known_timeouts = set(known_timeouts)
-        self.grace_s = float(grace_s)
+        self.grace_s = float(grace_s) if self.timeout_s is None else min(float(grace_s), self.timeout_s)
         self.consecutive_failures = 0
         self.last_failure = ""
 

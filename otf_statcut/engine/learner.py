@@ -60,17 +60,32 @@ def sampling_size(policy: int | str, total_steps: int,
     counts = {str(k): int(v) for k, v in counts.items() if int(v) > 0}
     if isinstance(policy, str):
         if policy == "run":
-            n = {k: max(2, int(total_steps) * c) for k, c in counts.items()}
-            return lambda step: dict(n)
+            return SamplingSize({k: max(2, int(total_steps) * c) for k, c in counts.items()})
         if policy == "remaining":
-            return lambda step: {k: max(2, max(int(total_steps) - int(step), 1) * c) for k, c in counts.items()}
+            return SamplingSize(counts, remaining_of=int(total_steps))
         raise ValueError(f"unknown N policy {policy!r}; use 'run', 'remaining' or an integer")
     total = int(policy)
     if total < 2:
         raise ValueError(f"N must be >= 2, got {total}")
     atoms = sum(counts.values())
-    n = {k: max(2, round(total * c / atoms)) for k, c in counts.items()}
-    return lambda step: dict(n)
+    return SamplingSize({k: max(2, round(total * c / atoms)) for k, c in counts.items()})
+
+
+@dataclass(frozen=True)
+class SamplingSize:
+    """``step -> {element: N}`` (a class, not a closure, so that a learner pickles).
+
+    Fixed ``n`` per element, or, with ``remaining_of`` set, ``n[k] * (remaining_of - step)``
+    (at least 2): the σ values still to be screened in the rest of the run.
+    """
+
+    n: Mapping[str, int]
+    remaining_of: int | None = None
+
+    def __call__(self, step: int) -> dict[str, int]:
+        if self.remaining_of is None:
+            return dict(self.n)
+        return {k: max(2, max(self.remaining_of - int(step), 1) * c) for k, c in self.n.items()}
 
 
 @dataclass

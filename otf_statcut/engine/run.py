@@ -223,6 +223,10 @@ class OTFRun:
         except RunStopped as exc:
             status, reason = "stopped", str(exc)  # resumable: re-running continues from the last checkpoint
             raise
+        except OSError as exc:
+            failure = environment_failure(exc, str(self.folder))
+            status, reason = ("stopped", str(failure)) if failure else ("failed", f"{type(exc).__name__}: {exc}")
+            raise
         except BaseException as exc:
             reason = f"{type(exc).__name__}: {exc}"
             raise

@@ -29,7 +29,7 @@ import numpy as np
 
 from .checkpoint import Checkpoint, read_checkpoint
 
-__all__ = ["FileHealth", "inspect", "repair", "frame_checksum"]
+__all__ = ["FileHealth", "inspect", "repair", "frame_checksum", "audit"]
 
 #: Tables whose rows after the checkpoint a resume drops (they are recomputed).
 _REDONE = ("trajectory", "models", "cutoffs")
@@ -242,3 +242,54 @@ def _truncate(g: h5py.Group, rows: int, columns=None) -> bool:
             ds.resize(rows, axis=0)
             changed = True
     return changed
+
+
+def audit(path) -> list[str]:
+    """Consistency of a run file's contents (after a run, or a campaign of kills and resumes).
+
+    Checks: the trajectory's steps strictly increase (contiguous when every step is recorded),
+    no configuration is in the data set twice, model ids are their row numbers and every model's
+    folder holds its weights and head, each model was trained on no more frames than the data set
+    holds, and the checkpoint counts no more rows than there are. Returns one line per problem
+    (empty: consistent).
+    """
+    from pathlib import Path
+
+    from .runlog import RunLog, read_table
+
+    problems: list[str] = []
+    path = Path(path)
+    with RunLog.open(path, "r") as log:
+        if not log.health.resumable:
+            return [log.health.message()]
+        cp = log.read_checkpoint()
+        n_frames = log.rows("dataset")
+        config = log.config
+    traj = read_table(path, "trajectory")
+    steps = traj.get("step", np.zeros(0, dtype=int))
+    if steps.size and (np.diff(steps) <= 0).any():
+        problems.append("trajectory steps do not strictly increase (a step recorded twice or out of order)")
+    every = int(config.get("output", {}).get("trajectory_every", 1))
+    if steps.size and every == 1 and not np.array_equal(steps, np.arange(steps[0], steps[0] + steps.size)):
+        problems.append(f"trajectory steps are not contiguous ({steps.size} rows for steps {steps[0]}..{steps[-1]})")
+    data = read_table(path, "dataset")
+    keys = data.get("key", np.zeros(0, dtype=object))
+    if len(set(keys)) != len(keys):
+        problems.append(f"{len(keys) - len(set(keys))} configuration(s) stored twice in the data set")
+    models = read_table(path, "models")
+    ids = models.get("model", np.zeros(0, dtype=int))
+    if not np.array_equal(ids, np.arange(ids.size)):
+        problems.append(f"model ids {list(ids)} are not their row numbers")
+    for i, rel in enumerate(models.get("path", [])):
+        folder = path.parent / str(rel)
+        if not (folder / "potential" / "weights.pt").is_file() or not (folder / "head").is_dir():
+            problems.append(f"model {i}: {folder} lacks its weights or head")
+        if models["n_train"][i] + models["n_val"][i] > n_frames:
+            problems.append(f"model {i} was trained on {models['n_train'][i] + models['n_val'][i]} frames, "
+                            f"the data set holds {n_frames}")
+    if cp is not None:
+        if cp.model >= ids.size:
+            problems.append(f"the checkpoint's model {cp.model} is not in /models ({ids.size} rows)")
+        if cp.trajectory_rows > steps.size or cp.dataset_rows > n_frames:
+            problems.append("the checkpoint counts rows the file does not hold")
+    return problems

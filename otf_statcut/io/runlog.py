@@ -301,16 +301,17 @@ class RunLog:
 
     @classmethod
     def open(cls, path, mode: str = "a") -> RunLog:
-        """Open an existing run file: ``"a"`` to resume (after :meth:`prepare_resume`), ``"r"`` to read.
+        """Open an existing run file: ``"a"`` to resume (then :meth:`prepare_resume`), ``"r"`` to read.
 
-        The file is inspected (:func:`otf_statcut.io.run_health.inspect`) before anything is
-        written; readers see only intact rows (``health.rows``).
+        The file is first opened read-only and inspected (:func:`otf_statcut.io.run_health.inspect`);
+        a damaged file is never opened for writing (:class:`DataError`, one line saying what is
+        damaged and what is recoverable). Readers see only intact rows (``health.rows``).
         """
         path = Path(path)
         if not path.is_file():
             raise DataError(f"{path}: run file not found")
         try:
-            f = h5py.File(path, mode)
+            f = h5py.File(path, "r")  # inspected read-only: a damaged file gets no byte written
         except OSError as exc:
             raise DataError(f"{path}: cannot open the run file ({_first_line(exc)}); it is not an HDF5 file "
                             "or it is damaged beyond reading") from exc
@@ -328,7 +329,17 @@ class RunLog:
                             f"{'reads' if mode == 'r' else 'resumes'} "
                             f"{READABLE_VERSIONS if mode == 'r' else SCHEMA_VERSION}; export its data set "
                             "(`otf-statcut export`) and start a new run from it")
-        return cls(f, health=inspect(f))
+        health = inspect(f)
+        if mode == "r":
+            return cls(f, health=health)
+        f.close()
+        if not health.resumable:
+            raise DataError(health.message())
+        try:
+            f = h5py.File(path, mode)
+        except OSError as exc:
+            raise DataError(f"{path}: cannot open the run file for writing ({_first_line(exc)})") from exc
+        return cls(f, health=health)
 
     def prepare_resume(self) -> list[str]:
         """Check that the file can be resumed and drop what a kill tore or left after the last

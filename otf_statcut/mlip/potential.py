@@ -41,6 +41,7 @@ from ase import Atoms
 
 from otf_statcut.errors import DataError
 
+from ..io.files import torch_save
 from .config import ModelConfig, TrainConfig
 from .device import resolve_device
 from .graphs import (
@@ -467,7 +468,7 @@ class NequIPPotential:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
-        torch.save(state, directory / WEIGHTS_FILE)
+        torch_save(state, directory / WEIGHTS_FILE)
         meta = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
@@ -480,7 +481,7 @@ class NequIPPotential:
             (directory / HISTORY_FILE).write_text(json.dumps(history, indent=2) + "\n")
         optimizer_path = directory / OPTIMIZER_FILE
         if self.optimizer_state is not None:
-            torch.save(_to_cpu(self.optimizer_state), optimizer_path)
+            torch_save(_to_cpu(self.optimizer_state), optimizer_path)
         elif optimizer_path.exists():
             optimizer_path.unlink()  # a stale state of another model must not be picked up
         return directory

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError, UserError
+from ..io.files import torch_save
 from ..stats import maxwell_nll, maxwell_scale_factor
 
 #: Version of the layout written by :meth:`UncertaintyHead.save`.
@@ -232,7 +233,7 @@ class UncertaintyHead(ABC):
             "sigma_bound": self.sigma_bound_,
         }
         (directory / SETTINGS_FILE).write_text(json.dumps(meta, indent=2, allow_nan=True))
-        torch.save(self._state(directory), directory / STATE_FILE)
+        torch_save(self._state(directory), directory / STATE_FILE)
         return directory
 
     @classmethod

@@ -9,7 +9,9 @@ a resume writes to it and drops what a kill tore. A new file is written under a 
 and renamed into place once its skeleton is on disk. Trajectory rows wait in memory until the
 next :meth:`RunLog.flush` and are then written one block per column. The file is opened with
 HDF5's default (oldest) format version, which keeps no "open for writing" flag that a crash
-could leave set.
+could leave set, and without HDF5's file locking (often unavailable on NFS/Lustre, and a reader
+must be able to open a file that a run is writing): one writer per output folder is the job of
+:class:`otf_statcut.io.lock.RunLock`.
 
 Layout (schema ``otf-statcut/run``, version :data:`SCHEMA_VERSION`); ``T`` trajectory rows,
 ``F`` labelled frames, ``A`` atoms over all labelled frames, ``n`` atoms in the MD cell::
@@ -274,7 +276,7 @@ class RunLog:
             raise DataError(f"{path}: a run file exists already; open it to resume, or remove it")
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".partial")
-        with h5py.File(partial, "w") as f:
+        with h5py.File(partial, "w", locking=False) as f:
             f.attrs["schema"] = SCHEMA
             f.attrs["schema_version"] = SCHEMA_VERSION
             f.attrs["otf_statcut_version"] = __version__
@@ -297,7 +299,7 @@ class RunLog:
             else:
                 checkpoint.create_dataset("pointer", data=np.int64(-1))
         partial.replace(path)
-        return cls(h5py.File(path, "a"), health=None)
+        return cls(h5py.File(path, "a", locking=False), health=None)
 
     @classmethod
     def open(cls, path, mode: str = "a") -> RunLog:
@@ -311,7 +313,9 @@ class RunLog:
         if not path.is_file():
             raise DataError(f"{path}: run file not found")
         try:
-            f = h5py.File(path, "r")  # inspected read-only: a damaged file gets no byte written
+            # Inspected read-only (a damaged file gets no byte written), without HDF5's file lock so
+            # that a file being written by a run can be read; writers are kept apart by io.lock.
+            f = h5py.File(path, "r", locking=False)
         except OSError as exc:
             raise DataError(f"{path}: cannot open the run file ({_first_line(exc)}); it is not an HDF5 file "
                             "or it is damaged beyond reading") from exc
@@ -336,7 +340,7 @@ class RunLog:
         if not health.resumable:
             raise DataError(health.message())
         try:
-            f = h5py.File(path, mode)
+            f = h5py.File(path, mode, locking=False)  # one writer: io.lock.RunLock, not HDF5's lock
         except OSError as exc:
             raise DataError(f"{path}: cannot open the run file for writing ({_first_line(exc)})") from exc
         return cls(f, health=health)

@@ -586,8 +586,9 @@ class RunLog:
 
 
 # --- plain readers -----------------------------------------------------------------------------
-def read_table(path, table: str) -> dict[str, np.ndarray]:
-    """All columns of one table as arrays (strings decoded)."""
+def read_table(path, table: str, columns: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Columns of one table as arrays (strings decoded): all, or those named in ``columns``
+    (a long trajectory's positions and forces are most of the file)."""
     with RunLog.open(path, "r") as runlog:
         f = runlog.file
         if table not in f:
@@ -596,7 +597,7 @@ def read_table(path, table: str) -> dict[str, np.ndarray]:
         n = runlog.rows(table)
         out = {}
         for name in g:
-            if not isinstance(g[name], h5py.Dataset):
+            if not isinstance(g[name], h5py.Dataset) or (columns is not None and name not in columns):
                 continue
             per_row = not (table == "trajectory" and name == "numbers")
             if table == "dataset" and name in ("numbers", "positions", "forces"):

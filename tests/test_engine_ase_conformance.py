@@ -111,6 +111,21 @@ def test_every_advertised_property_is_there_and_nothing_is_labelled_twice(learne
     assert labeler.n_calls == 1 and len(labelled_steps(work)) == 1
 
 
+def test_sigma_travels_with_the_atoms_through_ase_writes(learner, tmp_path):
+    import ase.io
+
+    atoms = start()
+    atoms.calc = calc = OTFCalculator(learner, ASECalculatorLabeler(EMT()))
+    atoms.get_forces()
+    np.testing.assert_array_equal(atoms.arrays["sigma"], calc.results["sigma"])
+    ase.io.write(tmp_path / "a.extxyz", atoms)
+    back = ase.io.read(tmp_path / "a.extxyz")
+    np.testing.assert_allclose(back.arrays["sigma"], calc.results["sigma"], rtol=1e-7)  # extxyz: 8 digits
+    assert back.info["max_sigma"] == pytest.approx(calc.decision.max_sigma)
+    ase.io.write(tmp_path / "a.traj", atoms)  # .traj keeps info (not extra per-atom arrays)
+    assert ase.io.read(tmp_path / "a.traj").info["max_sigma"] == pytest.approx(calc.decision.max_sigma)
+
+
 def test_the_calculator_pickles_with_a_picklable_labeller_and_says_why_not_otherwise(learner):
     atoms = start()
     atoms.calc = OTFCalculator(learner, ASECalculatorLabeler(EMT()))

@@ -93,10 +93,14 @@ def test_langevin_run_labels_retrains_and_logs(tmp_path, capsys):
     with h5py.File(run_file, "r") as f:  # plain h5py
         assert f["status"][()] == b"finished"
     # export: the data set as extxyz
-    assert main(["export", str(tmp_path / "out"), str(tmp_path / "data.extxyz")]) == 0
+    assert main(["export", str(tmp_path / "out"), str(tmp_path / "data.extxyz"),
+                 "--trajectory", str(tmp_path / "traj.extxyz")]) == 0
     import ase.io
 
     assert len(ase.io.read(tmp_path / "data.extxyz", ":")) == len(frames)
+    exported = ase.io.read(tmp_path / "traj.extxyz", ":")  # momenta kept: the temperature reads back
+    np.testing.assert_allclose([a.get_temperature() for a in exported], traj["temperature_K"], rtol=1e-6)
+    np.testing.assert_allclose(exported[-1].arrays["sigma"], traj["sigma"][-1], rtol=1e-6)
 
 
 def test_halt_labels_and_retrains_before_the_step_continues(tmp_path):

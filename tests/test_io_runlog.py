@@ -40,6 +40,7 @@ def labelled(n_rep=1, seed=0, stress=True):
 def traj_row(step, atoms, rng):
     n = len(atoms)
     return {"step": step, "time_fs": step * 2.0, "positions": atoms.positions, "cell": atoms.cell[:],
+            "momenta": rng.normal(size=(len(atoms), 3)),
             "numbers": atoms.numbers, "energy": -1.0 * step, "forces": rng.normal(size=(n, 3)),
             "stress": None if step % 2 else rng.normal(size=6), "sigma": rng.random(n),
             "max_sigma": 0.5, "decision": step % 3, "source": int(step % 3 > 0),
@@ -215,6 +216,10 @@ def test_export_extxyz_round_trip(tmp_path):
     frames, table = read_trajectory(path)
     np.testing.assert_allclose(traj[1].get_forces(), table["forces"][1], atol=1e-7)
     np.testing.assert_allclose(traj[1].arrays["sigma"], table["sigma"][1], rtol=1e-6)
+    # the exported trajectory keeps the momenta: velocities and temperature read back
+    np.testing.assert_allclose(traj[1].get_momenta(), table["momenta"][1], atol=1e-7)
+    assert frames[1].get_temperature() > 0
+    assert traj[1].get_temperature() == pytest.approx(frames[1].get_temperature(), rel=1e-6)
 
 
 def test_per_element_cutoffs_are_one_row_per_element_and_read_back(tmp_path):

@@ -34,7 +34,11 @@ configuration key, and a configuration that differs from the last labelled one o
 homogeneous rescaling of the cell (same fractional coordinates, cell within 1 %: what a
 Berendsen-type barostat does between the end of one step and the forces of the next) reuses that
 label - its forces differ from the rescaled configuration's by far less than any label's own
-noise, since the rescaling per step is ~1e-4. Steps are counted under any ASE dynamics: in
+noise, since the rescaling per step is ~1e-4. σ travels with the atoms: each call puts it into
+the caller's ``atoms.arrays["sigma"]`` (written by extxyz and every format that writes per-atom
+arrays) and ``max_sigma`` and ``otf_decision`` into ``atoms.info`` (kept by extxyz and ASE's
+``.traj``; ASE's ``.traj`` and database writers drop extra per-atom arrays, so per-atom σ needs
+extxyz or the run file there). Steps are counted under any ASE dynamics: in
 ``otf-statcut run`` the recorder sets :attr:`step`; attached from Python, the calculator finds
 the dynamics that calls it and counts its steps (``nsteps``). The calculator pickles when its
 labeller does, without the run's lookup and watchdog callback (per run, rebuilt by the run).
@@ -148,6 +152,9 @@ class OTFCalculator(PotentialCalculator):
             self.step = self._dynamics_step()
         decision = decide(self.results["sigma"], self.learner.cutoffs, self.atoms.get_chemical_symbols())
         self.decision = decision
+        if atoms is not None:  # σ travels with the caller's atoms through ASE writes (extxyz, ...)
+            atoms.arrays["sigma"] = self.results["sigma"].copy()
+            atoms.info.update(max_sigma=float(decision.max_sigma), otf_decision=int(decision.action))
         self.source = SOURCE_MLIP
         if decision.action is Action.TRUST:
             return

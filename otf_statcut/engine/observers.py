@@ -133,7 +133,7 @@ class RunRecorder:
         sigma = results.get("sigma")
         self.log.append_trajectory({
             "step": step, "time_fs": step * self.timestep_fs, "positions": atoms.positions,
-            "cell": atoms.cell[:],
+            "momenta": atoms.get_momenta(), "cell": atoms.cell[:],
             "numbers": atoms.numbers, "energy": results["energy"], "forces": results["forces"],
             "stress": results.get("stress"),
             "sigma": sigma if sigma is not None else np.full(len(atoms), np.nan),

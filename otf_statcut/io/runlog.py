@@ -26,6 +26,7 @@ Layout (schema ``otf-statcut/run``, version :data:`SCHEMA_VERSION`); ``T`` traje
         step          int64 (T,)        MD step (0 = starting structure)
         time_fs       float64 (T,)      simulated time, fs
         positions     float64 (T, n, 3) Å
+        momenta       float64 (T, n, 3) amu·Å/(ASE time unit), after the step
         cell          float64 (T, 3, 3) Å
         numbers       int32 (n,)        atomic numbers (fixed during MD)
         energy        float64 (T,)      potential energy used for the step, eV
@@ -141,6 +142,7 @@ _TRAJECTORY = {
     "step": ("int64", ()),
     "time_fs": ("float64", ()),
     "positions": ("float64", ("n", 3)),
+    "momenta": ("float64", ("n", 3)),
     "cell": ("float64", (3, 3)),
     "energy": ("float64", ()),
     "forces": ("float64", ("n", 3)),
@@ -408,9 +410,12 @@ class RunLog:
         for name, (dtype, _) in _TRAJECTORY.items():
             value = row.get(name)
             if value is None:
-                if name != "stress":
+                if name == "stress":
+                    value = np.full(6, np.nan)
+                elif name == "momenta":
+                    value = np.full(np.shape(row["positions"]), np.nan)
+                else:
                     raise ValueError(f"trajectory row lacks {name!r}")
-                value = np.full(6, np.nan)
             values[name] = np.asarray(value, dtype=dtype)
         self._pending.append(values)
         return self.rows("trajectory") - 1
@@ -652,7 +657,13 @@ def read_dataset(path) -> list[Atoms]:
 
 
 def read_trajectory(path) -> tuple[list[Atoms], dict[str, np.ndarray]]:
-    """Trajectory frames (with the energy/forces/stress used for each step) and its table."""
+    """Trajectory frames and the table.
+
+    Each frame has the energy/forces/stress used for the step (SinglePointCalculator), its
+    momenta (so ``get_temperature()`` and velocities work; absent in version 2 files), per-atom
+    σ in ``arrays["sigma"]`` (eV/Å), and ``info``: step, time_fs, decision, source, max_sigma,
+    temperature_K, model.
+    """
     from ase.calculators.singlepoint import SinglePointCalculator
 
     table = read_table(path, "trajectory")
@@ -663,9 +674,12 @@ def read_trajectory(path) -> tuple[list[Atoms], dict[str, np.ndarray]]:
         stress = table["stress"][i]
         atoms.calc = SinglePointCalculator(atoms, energy=float(table["energy"][i]), forces=table["forces"][i],
                                            stress=None if np.isnan(stress).any() else stress)
+        if "momenta" in table and np.isfinite(table["momenta"][i]).all():
+            atoms.set_momenta(table["momenta"][i], apply_constraint=False)
         atoms.info.update(step=int(table["step"][i]), time_fs=float(table["time_fs"][i]),
-                          decision=int(table["decision"][i]), max_sigma=float(table["max_sigma"][i]),
-                          temperature_K=float(table["temperature_K"][i]))
+                          decision=int(table["decision"][i]), source=int(table["source"][i]),
+                          max_sigma=float(table["max_sigma"][i]),
+                          temperature_K=float(table["temperature_K"][i]), model=int(table["model"][i]))
         atoms.arrays["sigma"] = table["sigma"][i].astype(np.float64)
         frames.append(atoms)
     return frames, table

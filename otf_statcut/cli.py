@@ -16,7 +16,7 @@ from .errors import EnvironmentFailure, FitError, UserError
 
 #: Subcommands, in the order ``--help`` lists them. Fixed list: nothing is imported by a name
 #: that comes from user input.
-COMMANDS = ("run", "benchmark", "cutoffs", "plot", "export")
+COMMANDS = ("run", "benchmark", "cutoffs", "plot", "export", "export-model")
 
 
 def _command_module(name: str):
@@ -30,6 +30,8 @@ def _command_module(name: str):
         from .commands import plot as module
     elif name == "export":
         from .commands import export as module
+    elif name == "export-model":
+        from .commands import export_model as module
     else:  # pragma: no cover - argparse restricts the choices
         raise KeyError(name)
     return module

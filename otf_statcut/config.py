@@ -35,6 +35,7 @@ Example (every section optional except ``system``)::
       val_fraction: 0.25                 # of the initial and of every new label
     mlip:
       model: {num_features: 16}          # ModelConfig fields (species come from the system)
+      # model: {from: model.nequip.zip}  # ... or start from a NequIP package/checkpoint, fine-tuned
       train: {max_epochs: 100}           # TrainConfig fields
       threads: null                      # torch threads (null: torch's default)
       device: cpu                        # cpu | auto | cuda | cuda:N (where the NequIP models run)
@@ -227,7 +228,10 @@ class InitialDataConfig:
 
 @dataclass(frozen=True)
 class MLIPConfig:
-    """NequIP settings: ``model`` holds ModelConfig fields except ``species``, ``train``
+    """NequIP settings: ``model`` holds ModelConfig fields except ``species``, or only
+    ``from: PATH`` (a NequIP package ``.nequip.zip``, a nequip checkpoint, or a saved model folder
+    such as ``runs/x/models/0003``: the run starts from that model and fine-tunes it; its species
+    must include the system's elements, and ``retrain.warm_start`` must stay true), ``train``
     TrainConfig fields, ``threads`` the torch threads."""
 
     model: Mapping[str, Any] = spec(factory=dict)
@@ -236,6 +240,11 @@ class MLIPConfig:
     device: str = spec("cpu", check=lambda x: _device_available(x),
                        expected="cpu, auto (cuda if available), or cuda / cuda:N on a machine with a "
                                 "CUDA GPU")
+
+    @property
+    def model_from(self) -> Path | None:
+        """The model file or folder the run starts from (``mlip.model.from``), or None."""
+        return self.model.get("from")
 
 
 def _device_available(name: str) -> bool:
@@ -380,6 +389,79 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class WalkerConfig:
+    """One MD walker: what it changes from the run's ``system`` and ``md`` (None: keep).
+
+    Attributes
+    ----------
+    name : str
+        Label in the run file and the summary (default ``w<index>``).
+    system : SystemConfig or None
+        Its own starting structure (e.g. a vacancy cell).
+    ensemble, temperature_K, pressure_GPa, steps, seed
+        Its own dynamics settings (``seed`` defaults to ``md.seed + index``).
+    """
+
+    name: str = ""
+    system: SystemConfig | None = None
+    ensemble: Literal["langevin", "npt", "velocity_verlet", "bussi", "nose_hoover"] | None = None
+    temperature_K: float | None = spec(None, check=lambda x: x is None or _positive(x),
+                                       expected="a temperature > 0 (K)")
+    pressure_GPa: float | None = None
+    steps: int | None = spec(None, check=lambda x: x is None or x >= 1, expected="an integer >= 1")
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class WalkerProductConfig:
+    """Walkers as a product: every combination of the listed values (an empty list keeps the
+    run's value)."""
+
+    system: tuple[SystemConfig, ...] = ()
+    temperature_K: tuple[float, ...] = spec((), check=lambda t: all(_positive(x) for x in t),
+                                            expected="a list of temperatures > 0 (K)")
+    pressure_GPa: tuple[float, ...] = ()
+    ensemble: tuple[Literal["langevin", "npt", "velocity_verlet", "bussi", "nose_hoover"], ...] = ()
+
+
+@dataclass(frozen=True)
+class WalkersConfig:
+    """Many MD walkers, one learner (see :mod:`otf_statcut.engine.walkers`).
+
+    Attributes
+    ----------
+    list : tuple of WalkerConfig
+        The walkers one by one.
+    product : WalkerProductConfig or None
+        Or: every combination of structures × temperatures × pressures × ensembles.
+    label_groups : int
+        0: every MPI rank labels together, one label at a time (rank 0 included; the
+        single-walker scheme). G >= 1: rank 0 drives the MD and the MLIP and the other ranks form
+        G groups that label different walkers' configurations at the same time.
+    converged_after_fs : float
+        A walker that went this long (simulated time) without a label is reported converged.
+    stop_converged : bool
+        Stop a converged walker early (its remaining steps are skipped).
+    """
+
+    list: tuple[WalkerConfig, ...] = ()
+    product: WalkerProductConfig | None = None
+    label_groups: int = spec(0, check=_nonneg, expected="an integer >= 0")
+    converged_after_fs: float = spec(500.0, check=_positive, expected="a time > 0 (fs)")
+    stop_converged: bool = False
+
+
+@dataclass(frozen=True)
+class Walker:
+    """One expanded walker: its index, name, starting structure and dynamics."""
+
+    index: int
+    name: str
+    system: SystemConfig
+    md: MDConfig
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """A validated run input.
 
@@ -400,6 +482,7 @@ class RunConfig:
     cutoffs: CutoffsConfig = CutoffsConfig()
     retrain: RetrainConfig = RetrainConfig()
     output: OutputConfig = OutputConfig()
+    walkers: WalkersConfig | None = None
     source: Path | None = field(default=None, compare=False)
     text: str = field(default="", compare=False)
 
@@ -407,6 +490,8 @@ class RunConfig:
         """The :class:`~otf_statcut.mlip.ModelConfig` for the run's species."""
         from .mlip import ModelConfig
 
+        if self.mlip.model_from is not None:
+            raise ValueError("mlip.model.from is set: the model comes from that file, not from a ModelConfig")
         return ModelConfig(species=tuple(species), **dict(self.mlip.model))
 
     def train_config(self, retrain: bool = False):
@@ -418,6 +503,34 @@ class RunConfig:
             values.update(self.retrain.train)
         return TrainConfig(**values)
 
+    def walker_list(self) -> list[Walker]:
+        """The walkers of the run: one (the run's ``system`` and ``md``) without a ``walkers``
+        section, else the list or the product, each with its settings filled in."""
+        md, system = self.md, self.system
+        if self.walkers is None:
+            return [Walker(0, "w0", system, md)]
+        entries: list[dict] = []
+        if self.walkers.list:
+            for w in self.walkers.list:
+                entries.append({k: getattr(w, k) for k in ("name", "system", "ensemble", "temperature_K",
+                                                            "pressure_GPa", "steps", "seed")})
+        else:
+            import itertools
+
+            p = self.walkers.product
+            axes = {"system": p.system or (None,), "temperature_K": p.temperature_K or (None,),
+                    "pressure_GPa": p.pressure_GPa or (None,), "ensemble": p.ensemble or (None,)}
+            for combo in itertools.product(*axes.values()):
+                entries.append(dict(zip(axes, combo)))
+        out = []
+        for i, e in enumerate(entries):
+            changes = {k: e[k] for k in ("ensemble", "temperature_K", "pressure_GPa", "steps")
+                       if e.get(k) is not None}
+            changes["seed"] = e["seed"] if e.get("seed") is not None else md.seed + i
+            name = e.get("name") or _walker_name(i, e)
+            out.append(Walker(i, name, e.get("system") or system, dataclasses.replace(md, **changes)))
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """Resolved settings as JSON-ready data (paths as strings)."""
         return plain(self)
@@ -428,7 +541,24 @@ class RunConfig:
 
 _SECTIONS = {"system": SystemConfig, "md": MDConfig, "initial_data": InitialDataConfig, "mlip": MLIPConfig,
              "head": HeadConfig, "labeler": LabelerConfig, "cutoffs": CutoffsConfig,
-             "retrain": RetrainConfig, "output": OutputConfig}
+             "retrain": RetrainConfig, "output": OutputConfig, "walkers": WalkersConfig}
+
+
+def _walker_name(index: int, entry: Mapping) -> str:
+    """``w<index>`` plus what distinguishes the walker (``w2-900K``, ``w3-vacancy1``)."""
+    parts = [f"w{index}"]
+    if entry.get("temperature_K") is not None:
+        parts.append(f"{entry['temperature_K']:g}K")
+    if entry.get("pressure_GPa") is not None:
+        parts.append(f"{entry['pressure_GPa']:g}GPa")
+    if entry.get("ensemble") is not None:
+        parts.append(str(entry["ensemble"]))
+    system = entry.get("system")
+    if system is not None and system.builder is not None and system.builder.vacancies:
+        parts.append(f"vacancy{system.builder.vacancies}")
+    elif system is not None and system.structure is not None:
+        parts.append(Path(system.structure).stem)
+    return "-".join(parts)
 
 
 # ------------------------------------------------------------------------------ loading
@@ -457,7 +587,8 @@ def parse_run_config(data: Any, *, source: Path | None = None, text: str = "") -
     check_keys(data, list(_SECTIONS), "", ctx)
     if "system" not in data:
         raise ConfigError(f"{ctx.where}: missing section 'system' (give system.structure or system.builder)")
-    sections = {name: build(cls, data.get(name), name, ctx) for name, cls in _SECTIONS.items()}
+    sections = {name: build(cls, data.get(name), name, ctx) for name, cls in _SECTIONS.items()
+                if name != "walkers" or data.get("walkers") is not None}
     config = RunConfig(**sections, source=source, text=text)
     _cross_checks(config, data, ctx)
     return config
@@ -504,6 +635,61 @@ def _mlip_fields(cls_name: str):
     return converter
 
 
+def _model_section(section: Mapping, path: str, ctx: Context):
+    """``mlip.model``: ModelConfig fields, or ``{from: PATH}`` alone (resolved against the input's
+    folder; the file must exist)."""
+    value = section.get("model")
+    if not isinstance(value, Mapping) or "from" not in value:
+        return _mlip_fields("ModelConfig")(section, path, ctx)
+    others = sorted(str(k) for k in value if k != "from")
+    if others:
+        keys = ", ".join(f"{path}.{k}" for k in others)
+        raise ConfigError(f"{ctx.where}: {path}: give either {path}.from (the architecture comes from that "
+                          f"model) or ModelConfig fields, not both; remove {keys}")
+    source = value["from"]
+    if not isinstance(source, str) or not source.strip():
+        raise ctx.error(f"{path}.from", source, "the path of a NequIP package (.nequip.zip), a nequip "
+                        "checkpoint or a saved model folder")
+    source = Path(source).expanduser()
+    source = source if source.is_absolute() else (ctx.base / source).resolve()
+    if not source.exists():
+        raise DataError(f"{ctx.where}: {path}.from: {source} not found")
+    return types.MappingProxyType({"from": source})
+
+
+def _check_model_from(config: RunConfig, ctx: Context) -> None:
+    """With ``mlip.model.from``: the model must know the system's elements (read cheaply from
+    the file, before any work), and retraining must keep its weights."""
+    source = config.mlip.model_from
+    if source is None:
+        return
+    from .mlip.nequip_native import inspect_nequip_model
+
+    try:
+        species = inspect_nequip_model(source).species  # also refuses architectures it cannot train
+    except DataError as exc:
+        raise ConfigError(f"{ctx.where}: mlip.model.from: {exc}") from None
+    system = config.system
+    elements: set[str] = set()
+    if system.builder is not None:
+        elements.add(system.builder.element)
+    elif system.structure is not None:
+        import ase.io
+
+        try:
+            elements.update(ase.io.read(system.structure, index=0).get_chemical_symbols())
+        except Exception:  # noqa: BLE001 - an unreadable structure is reported where it is built
+            pass
+    missing = sorted(elements - set(species))
+    if missing:
+        raise ConfigError(f"{ctx.where}: mlip.model.from: the model {source.name} knows {list(species)}, not "
+                          f"{missing} of the system; choose a model trained for these elements")
+    if not config.retrain.warm_start:
+        raise ConfigError(f"{ctx.where}: retrain.warm_start = false with mlip.model.from: a cold retrain "
+                          "rebuilds the model from fresh weights and would discard the pretrained ones; use "
+                          "true")
+
+
 def _head_settings(section: Mapping, path: str, ctx: Context):
     """``head.settings`` must be constructor arguments of the named head."""
     import inspect
@@ -530,14 +716,38 @@ def _head_settings(section: Mapping, path: str, ctx: Context):
 
 _SPECIAL = {
     (LabelerConfig, "settings"): _labeler_settings,
-    (MLIPConfig, "model"): _mlip_fields("ModelConfig"),
+    (MLIPConfig, "model"): _model_section,
     (MLIPConfig, "train"): _mlip_fields("TrainConfig"),
     (RetrainConfig, "train"): _mlip_fields("TrainConfig"),
     (HeadConfig, "settings"): _head_settings,
 }
 
 
+def _check_walkers(config: RunConfig, ctx: Context) -> None:
+    w = config.walkers
+    if w is None:
+        return
+    if bool(w.list) == (w.product is not None):
+        raise ConfigError(f"{ctx.where}: walkers: give exactly one of walkers.list (walkers one by one) or "
+                          "walkers.product (structures × temperatures × ...)")
+    walkers = config.walker_list()
+    names = [x.name for x in walkers]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"{ctx.where}: walkers: names {repeated} are used twice; give each walker its own name")
+    for walker, entry in zip(walkers, w.list or [None] * len(walkers)):
+        system = walker.system
+        where = f"walkers.list[{walker.index}].system" if entry is not None else "walkers.product.system"
+        if (system.structure is None) == (system.builder is None):
+            raise ConfigError(f"{ctx.where}: {where}: give exactly one of structure (a file) or builder")
+        if system.structure is not None and not system.structure.is_file():
+            raise DataError(f"{ctx.where}: {where}.structure: file {system.structure} not found")
+    if w.label_groups and config.labeler.name != "gpaw" and w.label_groups > 64:
+        raise ConfigError(f"{ctx.where}: walkers.label_groups = {w.label_groups} is invalid; expected at most 64")
+
+
 def _cross_checks(config: RunConfig, data: Mapping, ctx: Context) -> None:
+    _check_walkers(config, ctx)
     system = config.system
     if (system.structure is None) == (system.builder is None):
         raise ConfigError(f"{ctx.where}: system: give exactly one of system.structure (a file) "
@@ -564,5 +774,6 @@ def _cross_checks(config: RunConfig, data: Mapping, ctx: Context) -> None:
         raise ConfigError(f"{ctx.where}: head.name = 'oracle' is invalid for a run: the oracle needs the "
                           "reference forces of every step (use it in `otf-statcut benchmark`); expected one "
                           "of ensemble, gp, distance, random")
+    _check_model_from(config, ctx)
     if not config.output.folder.is_absolute():  # the default folder, like given ones, sits beside the input
         object.__setattr__(config.output, "folder", (ctx.base / config.output.folder).resolve())

@@ -46,6 +46,7 @@ labeller does, without the run's lookup and watchdog callback (per run, rebuilt 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pickle
 import sys
@@ -123,6 +124,8 @@ class OTFCalculator(PotentialCalculator):
         self.policy = labeler if isinstance(labeler, LabelPolicy) else LabelPolicy(labeler)
         self.lookup = lookup
         self.step = 0
+        self.walker: int | None = None  # index of the walker this calculator serves (many walkers)
+        self.learner_lock = contextlib.nullcontext()  # many walkers: the learner's lock
         self.external_steps = False
         self.decision: Decision | None = None
         self.source = SOURCE_MLIP
@@ -145,7 +148,7 @@ class OTFCalculator(PotentialCalculator):
         self.results["sigma"] = self.learner.sigma(self.atoms, self.prediction)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
+        self.evaluate(atoms, properties, system_changes)
         self.results.pop("energies", None)  # not advertised (see implemented_properties)
         self.n_calls += 1
         if not self.external_steps:
@@ -169,8 +172,15 @@ class OTFCalculator(PotentialCalculator):
                     "stopping at the last checkpoint")
             return  # a failed label between the cutoffs: the MLIP result stands for this step
         self._use(frame)
-        if new and (halt or self.learner.retrain_due):
-            self.learner.fit(step=self.step, reason="halt" if halt else "every")
+        with self.learner_lock:
+            if new and (halt or self.learner.retrain_due):
+                self.learner.fit(step=self.step, reason="halt" if halt else "every")
+
+    def evaluate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+        """The MLIP and the head on this configuration: fills :attr:`results` (with ``sigma``) and
+        :attr:`prediction`. One NequIP call here; a walker of a many-walker run evaluates in a
+        batch with the other walkers instead (:mod:`otf_statcut.engine.walkers`)."""
+        PotentialCalculator.calculate(self, atoms, properties, system_changes)
 
     # --- pickling ------------------------------------------------------------------------------
     def __getstate__(self):
@@ -184,6 +194,7 @@ class OTFCalculator(PotentialCalculator):
         state = self.__dict__.copy()
         state["lookup"] = None  # reads the run file of one run
         state["_dyn"] = None
+        state["learner_lock"] = contextlib.nullcontext()
         policy = LabelPolicy.__new__(LabelPolicy)
         policy.__dict__.update(self.policy.__dict__, on_hard_timeout=None)
         state["policy"] = policy
@@ -199,7 +210,8 @@ class OTFCalculator(PotentialCalculator):
         if known is None and self.lookup is not None:
             known = self.lookup(key)
         if known is not None:
-            self.learner.count_reused_label()
+            with self.learner_lock:
+                self.learner.count_reused_label()
             self._remember(key, known)
             return known, False
         rescaled = self._rescaled_copy_of_last()
@@ -211,14 +223,16 @@ class OTFCalculator(PotentialCalculator):
         except LabelingError as exc:
             self.n_failures += 1
             log.warning("step %s: %s label failed: %s", self.step, reason, exc)
-            self.learner.events.append(
-                ("failure", {"step": int(self.step), "reason": reason, "message": f"{type(exc).__name__}: {exc}",
-                             "key": key}))
+            with self.learner_lock:
+                self.learner.events.append(
+                    ("failure", {"step": int(self.step), "reason": reason, "message": f"{type(exc).__name__}: {exc}",
+                                 "key": key}))
             self.policy.failed(str(exc))  # raises LabelFailuresError at the limit
             return None, False
         self.n_labels += 1
-        self.learner.add(frame, step=self.step, reason=reason, max_sigma=decision.max_sigma,
-                         labeler=self._settings())
+        with self.learner_lock:
+            self.learner.add(frame, step=self.step, reason=reason, max_sigma=decision.max_sigma,
+                             labeler=self._settings(), walker=self.walker)
         self._remember(key, frame)
         return frame, True
 

@@ -258,16 +258,20 @@ class Learner:
                                                      "labeler": labeler}))
 
     def add(self, frame: Atoms, *, step: int, reason: str, max_sigma: float = float("nan"),
-            labeler: Any = "", record: bool = True) -> int:
-        """Add a new label; returns its split (0 train, 1 validation)."""
+            labeler: Any = "", record: bool = True, walker: int | None = None) -> int:
+        """Add a new label (of ``walker``'s step, in a many-walker run); returns its split
+        (0 train, 1 validation)."""
         split = self.splitter.assign(frame)
         self.frames.append(frame)
         self.splits.append(split)
         self.n_labels += 1
         self.labels_since_retrain += 1
         if record:
-            self.events.append(("frame", frame, {"step": int(step), "reason": reason, "split": split,
-                                                 "max_sigma": float(max_sigma), "labeler": labeler}))
+            meta = {"step": int(step), "reason": reason, "split": split, "max_sigma": float(max_sigma),
+                    "labeler": labeler}
+            if walker is not None:
+                meta["walker"] = int(walker)
+            self.events.append(("frame", frame, meta))
         return split
 
     def count_reused_label(self) -> None:

@@ -84,6 +84,8 @@ class RunSummary:
     val_force_rmse: float
     val_energy_mae: float
     labels_per_100: list = field(default_factory=list)
+    walkers: list = field(default_factory=list)
+    batches: tuple = ()
 
     @property
     def steps_per_s(self) -> float:
@@ -103,7 +105,22 @@ class RunSummary:
             f"{self.n_learned} of {self.n_retrains}",
             f"last model on validation: force MAE {self.val_force_mae:.4f} eV/Å, force RMSE "
             f"{self.val_force_rmse:.4f} eV/Å, energy MAE {1000 * self.val_energy_mae:.2f} meV/atom",
-        ]
+        ] + self.walker_lines()
+
+    def walker_lines(self) -> list[str]:
+        """Per walker: steps, labels, labels per ps, converged (the states the potential covers)."""
+        if not self.walkers:
+            return []
+        lines = [f"walkers: {len(self.walkers)}"
+                 + (f"; {self.batches[1]} evaluations in {self.batches[0]} batched calls" if self.batches else "")]
+        for w in self.walkers:
+            lines.append(f"  {w['name']}: {w['steps']} steps, {w['labels']} labels "
+                         f"({w['labels_per_ps']:.1f} per ps), last at step {w['last_label_step']}, "
+                         + ("converged" if w["converged"] else "not converged")
+                         + (" (stopped early)" if w.get("stopped_early") else ""))
+        covered = [w["name"] for w in self.walkers if w["converged"]]
+        lines.append("the potential covers: " + (", ".join(covered) if covered else "none of the states yet"))
+        return lines
 
 
 def labels_per_window(steps: np.ndarray, total_steps: int, window: int = 100) -> list[int]:
@@ -153,70 +170,33 @@ class OTFRun:
         """
         from ..io.lock import RunLock
 
-        cfg = self.config
-        needs_cell = cfg.md.ensemble == "npt"
-        start_atoms = build_structure(cfg.system, self.where, needs_cell=needs_cell)  # before any disk work
+        starts = self._starting_structures()  # user mistakes before any disk work
         self._check_output_folder()
         with RunLock(self.folder):
             try:
-                runlog = self._open_log(len(start_atoms))
+                runlog = self._open_log(len(starts[0]) if len(starts) == 1 else None)
             except OSError as exc:
                 raise environment_failure(exc, str(self.path)) or exc
             try:
-                return self._execute(runlog, start_atoms)
+                return self._execute(runlog, starts)
             except OSError as exc:
                 failure = environment_failure(exc, str(self.folder))
                 if failure is None:
                     raise
                 raise failure from exc
 
-    def _execute(self, runlog: RunLog, start_atoms) -> RunSummary:
+    def _starting_structures(self) -> list:
         cfg = self.config
+        return [build_structure(cfg.system, self.where, needs_cell=cfg.md.ensemble == "npt")]
+
+    def _execute(self, runlog: RunLog, starts: list) -> RunSummary:
+        """The session inside the lock: status and close whatever happens."""
         status, reason = "failed", ""
-        learner = None
+        self._learner_of_session = None
         try:
-            self.policy = self._policy(runlog)
-            checkpoint = runlog.read_checkpoint()
-            if checkpoint is None:
-                learner, atoms, rng = self._fresh(runlog, start_atoms)
-                step0, wall0, dyn_state = 0, 0.0, {}
-            else:
-                learner, atoms, rng = self._resume(runlog, start_atoms, checkpoint)
-                step0, wall0, dyn_state = checkpoint.step, checkpoint.wall_time_s, checkpoint.dynamics
-            write_events(runlog, learner.events)
-            runlog.flush()
-            remaining = cfg.md.steps - step0
-            calc = OTFCalculator(learner, self.policy, lookup=self._lookup(runlog))
-            atoms.calc = calc
-            dyn = make_dynamics(atoms, cfg.md, rng)
-            restore_dynamics_state(cfg.md.ensemble, dyn, dyn_state)
-            recorder = RunRecorder(runlog, dyn, calc, step_offset=step0, timestep_fs=cfg.md.timestep_fs,
-                                   trajectory_every=cfg.output.trajectory_every,
-                                   checkpoint_every=cfg.output.checkpoint_every,
-                                   flush_every=cfg.output.flush_every, rng=rng,
-                                   dynamics_state=lambda: dynamics_state(cfg.md.ensemble, dyn),
-                                   wall_offset=wall0)
-            self._on_timeout = lambda message, key: self._abort_on_timeout(runlog, recorder, message, key)
-            dyn.attach(recorder, interval=1)
-            bar = None
-            if self.progress:
-                bar = ProgressBar(cfg.md.steps, step0, calc, recorder)
-                dyn.attach(bar, interval=1)
-            session_start = time.perf_counter()
-            try:
-                if remaining > 0:
-                    for _ in dyn.irun(steps=remaining):
-                        pass
-            finally:
-                if bar is not None:
-                    bar.close()
-            session_wall = time.perf_counter() - session_start
-            if recorder.checkpoint_step < recorder.step:
-                recorder.checkpoint(recorder.step)
-            status = "finished" if recorder.step >= cfg.md.steps else "running"
-            runlog.set_status(status)
-            runlog.flush()
-            return self._summary(runlog, learner, calc, status, max(remaining, 0), session_wall)
+            summary = self._session(runlog, starts)
+            status = summary.status
+            return summary
         except KeyboardInterrupt:
             status, reason = "interrupted", "interrupted (SIGINT)"
             raise
@@ -231,7 +211,54 @@ class OTFRun:
             reason = f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            self._close(runlog, learner, status, reason)
+            self._close(runlog, self._learner_of_session, status, reason)
+
+    def _session(self, runlog: RunLog, starts: list) -> RunSummary:
+        cfg = self.config
+        start_atoms = starts[0]
+        self.policy = self._policy(runlog)
+        checkpoint = runlog.read_checkpoint()
+        if checkpoint is None:
+            learner, atoms, rng = self._fresh(runlog, start_atoms)
+            step0, wall0, dyn_state = 0, 0.0, {}
+        else:
+            learner, atoms, rng = self._resume(runlog, start_atoms, checkpoint)
+            step0, wall0, dyn_state = checkpoint.step, checkpoint.wall_time_s, checkpoint.dynamics
+        self._learner_of_session = learner
+        write_events(runlog, learner.events)
+        runlog.flush()
+        remaining = cfg.md.steps - step0
+        calc = OTFCalculator(learner, self.policy, lookup=self._lookup(runlog))
+        atoms.calc = calc
+        dyn = make_dynamics(atoms, cfg.md, rng)
+        restore_dynamics_state(cfg.md.ensemble, dyn, dyn_state)
+        recorder = RunRecorder(runlog, dyn, calc, step_offset=step0, timestep_fs=cfg.md.timestep_fs,
+                               trajectory_every=cfg.output.trajectory_every,
+                               checkpoint_every=cfg.output.checkpoint_every,
+                               flush_every=cfg.output.flush_every, rng=rng,
+                               dynamics_state=lambda: dynamics_state(cfg.md.ensemble, dyn),
+                               wall_offset=wall0)
+        self._on_timeout = lambda message, key: self._abort_on_timeout(runlog, recorder, message, key)
+        dyn.attach(recorder, interval=1)
+        bar = None
+        if self.progress:
+            bar = ProgressBar(cfg.md.steps, step0, calc, recorder)
+            dyn.attach(bar, interval=1)
+        session_start = time.perf_counter()
+        try:
+            if remaining > 0:
+                for _ in dyn.irun(steps=remaining):
+                    pass
+        finally:
+            if bar is not None:
+                bar.close()
+        session_wall = time.perf_counter() - session_start
+        if recorder.checkpoint_step < recorder.step:
+            recorder.checkpoint(recorder.step)
+        status = "finished" if recorder.step >= cfg.md.steps else "running"
+        runlog.set_status(status)
+        runlog.flush()
+        return self._summary(runlog, learner, calc, status, max(remaining, 0), session_wall)
 
     def _close(self, runlog: RunLog, learner, status: str, reason: str) -> None:
         """Store what the learner still holds (labels first), the status, and close; a failing
@@ -318,7 +345,7 @@ class OTFRun:
         self._runlog = runlog
         return runlog
 
-    def _learner(self, potential, symbols) -> Learner:
+    def _learner(self, potential, symbols, sampling=None) -> Learner:
         from ..fit_cycle import element_counts
         from ..uq import make_head
 
@@ -327,15 +354,17 @@ class OTFRun:
             potential=potential,
             head_factory=functools.partial(make_head, cfg.head.name, **dict(cfg.head.settings)),
             train_config=cfg.train_config(), retrain_config=cfg.train_config(retrain=True),
-            n_sampling=sampling_size(cfg.cutoffs.n, cfg.md.steps, element_counts(symbols)),
+            n_sampling=sampling or sampling_size(cfg.cutoffs.n, cfg.md.steps, element_counts(symbols)),
             max_error=cfg.cutoffs.max_error, candidates=cfg.cutoffs.candidates, robust=cfg.cutoffs.robust,
             per_element=cfg.cutoffs.per_element_flag,
             retrain_every=cfg.retrain.every, warm_start=cfg.retrain.warm_start,
             val_fraction=cfg.initial_data.val_fraction, model_dir=self.folder / MODELS_DIR,
         )
 
-    def _fresh(self, runlog: RunLog, start: Any):
-        """Initial data set, first model, initial velocities."""
+    def _initial_learner(self, runlog: RunLog, starts: list, sampling=None) -> Learner:
+        """Initial data set (a file, or rattled copies of the starting structures, labelled),
+        the first model, head and cutoffs. ``sampling``: N per element as a function of the step
+        (default: from the first structure and ``md.steps``)."""
         from ..data import read_frames, species_of
         from ..mlip import NequIPPotential
 
@@ -350,7 +379,10 @@ class OTFRun:
             for frame, split in zip(frames, splits):
                 self._store_initial(runlog, frame, split, json.dumps({"file": str(init.file)}))
         else:
-            copies = rattled_copies(start, init.rattled, init.rattle_stdev, init.strain, init.seed)
+            copies = []  # the rattled copies shared out over the distinct starting structures
+            for i, start in enumerate(starts):
+                count = init.rattled // len(starts) + (i < init.rattled % len(starts))
+                copies += rattled_copies(start, count, init.rattle_stdev, init.strain, init.seed + i)
             splits = _initial_splits(copies, init)
             lookup = self._lookup(runlog)
             frames = []
@@ -370,13 +402,33 @@ class OTFRun:
                             "and initial_data.rattle_stdev") from exc
                     self._store_initial(runlog, frame, split, self.labeler.settings())  # safe at once
                 frames.append(frame)
-        species = sorted(set(species_of(frames)) | set(start.get_chemical_symbols()))
+        species = sorted(set(species_of(frames)).union(*(s.get_chemical_symbols() for s in starts)))
         train = [f for f, s in zip(frames, splits) if s == 0]
-        potential = NequIPPotential.build(cfg.model_config(species), train, device=cfg.mlip.device)
-        learner = self._learner(potential, start.get_chemical_symbols())
+        pretrained = cfg.mlip.model_from  # mlip.model.from: a NequIP model to fine-tune
+        if pretrained is None:
+            potential = NequIPPotential.build(cfg.model_config(species), train, device=cfg.mlip.device)
+        else:
+            try:
+                potential = NequIPPotential.from_nequip(pretrained, species=species, device=cfg.mlip.device)
+            except DataError as exc:
+                raise ConfigError(f"{self.where}: mlip.model.from: {exc}") from None
+        learner = self._learner(potential, starts[0].get_chemical_symbols(), sampling=sampling)
         learner.extend_initial(frames, splits, record=False)
         learner.model_id = runlog.rows("models") - 1  # a session killed before its first checkpoint
-        learner.fit(step=-1, reason="initial", first=True)  # may have trained models: keep ids unique
+        if pretrained is None:
+            learner.fit(step=-1, reason="initial", first=True)  # may have trained models: keep ids unique
+        else:  # the first fit fine-tunes the pretrained weights (warm, with mlip.train's settings)
+            retrain_config, learner.retrain_config = learner.retrain_config, learner.train_config
+            try:
+                learner.fit(step=-1, reason="initial", warm_start=True)
+            finally:
+                learner.retrain_config = retrain_config
+        return learner
+
+    def _fresh(self, runlog: RunLog, start: Any):
+        """Initial data set, first model, initial velocities."""
+        cfg = self.config
+        learner = self._initial_learner(runlog, [start], sampling=None)
         rng = np.random.default_rng(cfg.md.seed)
         atoms = start.copy()
         set_velocities(atoms, cfg.md.temperature_K, rng)
@@ -391,6 +443,15 @@ class OTFRun:
 
     def _resume(self, runlog: RunLog, start: Any, checkpoint):
         """Data set from the log, model and cutoffs of the checkpoint, MD state, RNG state."""
+        learner = self._resume_learner(runlog, checkpoint, [chemical_symbols[z] for z in checkpoint.numbers])
+        rng = np.random.default_rng()
+        if checkpoint.rng:
+            rng.bit_generator.state = checkpoint.rng
+        return learner, checkpoint.atoms(), rng
+
+    def _resume_learner(self, runlog: RunLog, checkpoint, symbols, sampling=None) -> Learner:
+        """Data set from the log, model, head and cutoffs of the checkpoint, counters; a retrain
+        first if one was due."""
         from ..mlip import NequIPPotential
         from ..uq import load_head
 
@@ -402,7 +463,7 @@ class OTFRun:
                             "which /models lacks")
         folder = self.folder / str(models["path"][rows[-1]])
         potential = NequIPPotential.load(folder / "potential", device=self.config.mlip.device)
-        learner = self._learner(potential, [chemical_symbols[z] for z in checkpoint.numbers])
+        learner = self._learner(potential, symbols, sampling=sampling)
         learner.head = load_head(folder / "head", potential)
         learner.model_id = checkpoint.model
         learner.cutoffs = _cutoffs_of(self.path, checkpoint.model)
@@ -415,10 +476,7 @@ class OTFRun:
         log.info("resuming at step %d (model %d, %d frames)", checkpoint.step, checkpoint.model, len(frames))
         if checkpoint.retrain_pending or learner.retrain_due:
             learner.fit(step=checkpoint.step, reason="every")
-        rng = np.random.default_rng()
-        if checkpoint.rng:
-            rng.bit_generator.state = checkpoint.rng
-        return learner, checkpoint.atoms(), rng
+        return learner
 
     def _lookup(self, runlog: RunLog):
         cache: dict[str, Any] = {}
@@ -483,17 +541,50 @@ def run_otf(config: RunConfig, *, labeler=None, comm=None, progress: bool | None
             comm = world_comm()
         except ImportError:  # pragma: no cover - mpi4py is a dependency
             comm = None
+    lc = config.labeler
+    groups = config.walkers.label_groups if config.walkers is not None else 0
+    if groups and labeler is None:  # rank 0 drives, G groups of the other ranks label at once
+        return _run_with_label_groups(config, comm, groups, progress=progress, overwrite=overwrite)
     if labeler is None:
-        lc = config.labeler
         labeler = make_labeler(lc.name, lc.settings, retries=lc.retries, max_force=lc.max_force)
     driven = MPIDrivenLabeler(labeler, comm=comm if comm is not None and comm.Get_size() > 1 else None)
     if not driven.is_root:
         driven.serve()
         return None
     try:
+        if config.walkers is not None:
+            from .walkers import make_multi_walker_run
+
+            return make_multi_walker_run(config, driven, progress=progress, overwrite=overwrite).execute()
         return OTFRun(config, driven, progress=progress, overwrite=overwrite).execute()
     finally:
         driven.close()
+
+
+def _run_with_label_groups(config: RunConfig, comm, n_groups: int, *, progress, overwrite) -> RunSummary | None:
+    """``walkers.label_groups: G``: every rank builds :class:`~otf_statcut.labelers.groups.LabelGroups`;
+    rank 0 runs the walkers, the others serve their group's labels."""
+    from ..labelers import make_labeler
+    from ..labelers.groups import LabelGroups
+    from .walkers import make_multi_walker_run
+
+    lc = config.labeler
+    size = comm.Get_size() if comm is not None else 1
+    if size > 1 and n_groups > size - 1:
+        if comm.Get_rank() == 0:
+            raise ConfigError(f"{config.source or 'run input'}: walkers.label_groups = {n_groups} needs at least "
+                              f"{n_groups + 1} MPI ranks (rank 0 drives); mpiexec gave {size}")
+        return None
+
+    def make(group_comm):
+        return make_labeler(lc.name, lc.settings, retries=lc.retries, max_force=lc.max_force, comm=group_comm)
+
+    groups = LabelGroups(make, comm if size > 1 else None, n_groups)
+    if not groups.is_driver:
+        groups.serve()
+        return None
+    with groups:
+        return make_multi_walker_run(config, groups, progress=progress, overwrite=overwrite).execute()
 
 
 def _initial_splits(frames, init) -> list[int]:

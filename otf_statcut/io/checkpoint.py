@@ -26,7 +26,12 @@ Layout::
         times     float64 (2,)   time_fs, wall_time_s
         positions float64 (n, 3), momenta float64 (n, 3), cell float64 (3, 3),
         numbers   int32 (n,), pbc bool (3,)
-        state     uint8 (STATE_BYTES,)  UTF-8 JSON {"rng": ..., "dynamics": ...}, zero padded
+        state     uint8 (STATE_BYTES,)  UTF-8 JSON {"rng": ..., "dynamics": ..., "walkers": [...]},
+                                 zero padded
+
+With many walkers (:mod:`otf_statcut.engine.walkers`) the arrays hold every walker's atoms one
+after another, and ``walkers`` in the state gives each walker's index, step, time, atoms, cell,
+pbc, random-number and integrator state and trajectory rows (``step`` is then the smallest).
         digest    S40 ()         SHA-1 of everything above (hex)
 """
 
@@ -83,6 +88,10 @@ class Checkpoint:
         recomputed, except labelled frames, which are kept (see :mod:`otf_statcut.io.run_health`).
     wall_time_s : float
         Wall time of the run so far (all sessions).
+    walkers : list of dict
+        Many walkers: per walker ``index``, ``step``, ``time_fs``, ``n_atoms``, ``cell``, ``pbc``,
+        ``rng``, ``dynamics``, ``trajectory_rows`` (their atoms are consecutive blocks of the
+        arrays, in this order). Empty for a single-walker run.
     """
 
     step: int
@@ -104,12 +113,25 @@ class Checkpoint:
     cutoffs_rows: int = 0
     failures_rows: int = 0
     wall_time_s: float = 0.0
+    walkers: list = field(default_factory=list)
 
     def atoms(self) -> Atoms:
         """The MD configuration with its momenta."""
         atoms = Atoms(numbers=self.numbers, positions=self.positions, cell=self.cell, pbc=self.pbc)
         atoms.set_momenta(self.momenta, apply_constraint=False)
         return atoms
+
+    def walker_atoms(self) -> list[Atoms]:
+        """Each walker's configuration with its momenta (many-walker checkpoints)."""
+        out, start = [], 0
+        for w in self.walkers:
+            stop = start + int(w["n_atoms"])
+            atoms = Atoms(numbers=self.numbers[start:stop], positions=self.positions[start:stop],
+                          cell=np.asarray(w["cell"]), pbc=np.asarray(w["pbc"], dtype=bool))
+            atoms.set_momenta(self.momenta[start:stop], apply_constraint=False)
+            out.append(atoms)
+            start = stop
+        return out
 
 
 def create_slots(group: h5py.Group, n_atoms: int) -> None:
@@ -143,7 +165,8 @@ def write_checkpoint(group: h5py.Group, cp: Checkpoint, flush) -> int:
     """
     current = int(group["pointer"][()])
     slot = 1 - current if current in (0, 1) else 0
-    state = json.dumps({"rng": cp.rng, "dynamics": cp.dynamics}, default=_json_default).encode("utf-8")
+    state = json.dumps({"rng": cp.rng, "dynamics": cp.dynamics, "walkers": cp.walkers},
+                       default=_json_default).encode("utf-8")
     if len(state) > STATE_BYTES:
         raise ValueError(f"checkpoint state is {len(state)} bytes, more than the {STATE_BYTES} reserved")
     buffer = np.zeros(STATE_BYTES, dtype=np.uint8)
@@ -218,7 +241,7 @@ def _read_slot(g: h5py.Group) -> Checkpoint | None:
         time_fs=float(values["times"][0]), wall_time_s=float(values["times"][1]),
         positions=values["positions"], momenta=values["momenta"], cell=values["cell"],
         numbers=values["numbers"], pbc=values["pbc"].astype(bool),
-        rng=state.get("rng", {}), dynamics=state.get("dynamics", {}),
+        rng=state.get("rng", {}), dynamics=state.get("dynamics", {}), walkers=state.get("walkers", []),
         **{k: (bool(v) if k == "retrain_pending" else v) for k, v in counters.items()},
     )
 

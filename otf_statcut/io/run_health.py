@@ -93,7 +93,7 @@ def frame_checksum(numbers, positions, forces, cell, pbc, energy, stress, step, 
 def inspect(f: h5py.File) -> FileHealth:
     """Check every table and the checkpoint of an open run file; nothing is written."""
     health = FileHealth(path=f.filename)
-    for table in ("trajectory", "models", "cutoffs", "failures"):
+    for table in ("trajectory", *_walker_tables(f), "models", "cutoffs", "failures"):
         _check_table(f, table, health)
     _check_dataset(f, health)
     if "checkpoint" in f:
@@ -109,9 +109,8 @@ def inspect(f: h5py.File) -> FileHealth:
             health.problems.append(
                 f"labelled frames {health.rows.get('dataset', 0)}..{cp.dataset_rows - 1} (saved before the "
                 "checkpoint) fail their checksums")
-        for table in _REDONE:
+        for table, need in _committed_rows(cp):
             have = health.rows.get(table, 0)
-            need = getattr(cp, f"{table}_rows")
             if have < need:
                 health.problems.append(f"/{table} has {have} intact rows, the checkpoint counts {need}")
     return health
@@ -127,15 +126,14 @@ def repair(f: h5py.File, health: FileHealth) -> list[str]:
     if not health.resumable:
         raise ValueError(health.message())
     cp = health.checkpoint
+    committed = dict(_committed_rows(cp)) if cp is not None else {}
     done = []
-    for table in (*_REDONE, "failures"):
+    for table in (*_REDONE, *_walker_tables(f), "failures"):
         if table not in f:
             continue
         keep = health.rows.get(table, 0)
-        if cp is not None and table in _REDONE:
-            keep = min(keep, getattr(cp, f"{table}_rows"))
-        elif table in _REDONE:
-            keep = 0
+        if table != "failures":  # redone after the checkpoint (all of them without one)
+            keep = min(keep, committed.get(table, 0))
         if _truncate(f[table], keep):
             done.append(f"/{table}: {health.stored.get(table, 0) - keep} row(s) after the checkpoint dropped")
     g = f["dataset"]
@@ -150,6 +148,21 @@ def repair(f: h5py.File, health: FileHealth) -> list[str]:
 _ATOM_COLUMNS = ("numbers", "positions", "forces")
 
 
+def _walker_tables(f: h5py.File) -> list[str]:
+    """``walkers/<i>/trajectory`` of a many-walker run."""
+    if "walkers" not in f:
+        return []
+    return [f"walkers/{name}/trajectory" for name in sorted(f["walkers"], key=int)
+            if "trajectory" in f["walkers"][name]]
+
+
+def _committed_rows(cp: Checkpoint) -> list[tuple[str, int]]:
+    """(table, rows the checkpoint counts) for the tables a resume redoes after it."""
+    out = [(table, getattr(cp, f"{table}_rows")) for table in _REDONE]
+    out += [(f"walkers/{w['index']}/trajectory", int(w.get("trajectory_rows", 0))) for w in cp.walkers]
+    return out
+
+
 def _frame_columns(g: h5py.Group) -> list[str]:
     return [name for name in g if isinstance(g[name], h5py.Dataset) and name not in _ATOM_COLUMNS]
 
@@ -161,7 +174,7 @@ def _atom_columns(g: h5py.Group) -> list[str]:
 def _columns(g: h5py.Group) -> list[str]:
     # /trajectory/numbers is per atom of the cell, not per row
     return [name for name in g if isinstance(g[name], h5py.Dataset)
-            and not (g.name == "/trajectory" and name == "numbers")]
+            and not (g.name.endswith("/trajectory") and name == "numbers")]
 
 
 def _check_table(f: h5py.File, table: str, health: FileHealth) -> None:
@@ -265,13 +278,19 @@ def audit(path) -> list[str]:
         cp = log.read_checkpoint()
         n_frames = log.rows("dataset")
         config = log.config
-    traj = read_table(path, "trajectory")
-    steps = traj.get("step", np.zeros(0, dtype=int))
-    if steps.size and (np.diff(steps) <= 0).any():
-        problems.append("trajectory steps do not strictly increase (a step recorded twice or out of order)")
     every = int(config.get("output", {}).get("trajectory_every", 1))
-    if steps.size and every == 1 and not np.array_equal(steps, np.arange(steps[0], steps[0] + steps.size)):
-        problems.append(f"trajectory steps are not contiguous ({steps.size} rows for steps {steps[0]}..{steps[-1]})")
+    with h5py.File(path, "r", locking=False) as f:
+        tables = ["trajectory"] + _walker_tables(f)
+    for table in tables:
+        steps = read_table(path, table, columns=("step",)).get("step", np.zeros(0, dtype=int))
+        if steps.size and (np.diff(steps) <= 0).any():
+            problems.append(f"/{table}: steps do not strictly increase (a step recorded twice or out of order)")
+        if steps.size and every == 1 and not np.array_equal(steps, np.arange(steps[0], steps[0] + steps.size)):
+            problems.append(f"/{table}: steps are not contiguous ({steps.size} rows for steps {steps[0]}..{steps[-1]})")
+        if cp is not None:
+            committed = dict(_committed_rows(cp)).get(table, 0)
+            if committed > steps.size:
+                problems.append(f"the checkpoint counts {committed} rows of /{table}, the file holds {steps.size}")
     data = read_table(path, "dataset")
     keys = data.get("key", np.zeros(0, dtype=object))
     if len(set(keys)) != len(keys):
@@ -290,6 +309,6 @@ def audit(path) -> list[str]:
     if cp is not None:
         if cp.model >= ids.size:
             problems.append(f"the checkpoint's model {cp.model} is not in /models ({ids.size} rows)")
-        if cp.trajectory_rows > steps.size or cp.dataset_rows > n_frames:
-            problems.append("the checkpoint counts rows the file does not hold")
+        if cp.dataset_rows > n_frames:
+            problems.append("the checkpoint counts labelled frames the file does not hold")
     return problems

@@ -58,6 +58,7 @@ Layout (schema ``otf-statcut/run``, version :data:`SCHEMA_VERSION`); ``T`` traje
         labeler       S2048 (F,)        labeller settings (JSON)
         key           S40 (F,)          configuration fingerprint (duplicate check on resume)
         checksum      S40 (F,)          SHA-1 of the frame's stored values (torn-write check)
+        walker        int16 (F,)        walker whose step it is (-1: initial data; 0 with one walker)
     /models/               one row per trained model
         model, step, reason (initial | every | halt), warm_start, n_train, n_val, epochs,
         train_time_s (potential), head_time_s (head fit and cutoff refit), val_force_mae,
@@ -121,6 +122,7 @@ __all__ = [
     "read_table",
     "export_extxyz",
     "software_versions",
+    "walker_table",
 ]
 
 SCHEMA = "otf-statcut/run"
@@ -171,6 +173,7 @@ _DATASET_FRAME = {
     "labeler": (_text(2048), ()),
     "key": (_text(40), ()),
     "checksum": (_text(40), ()),
+    "walker": ("int16", ()),
 }
 _DATASET_ATOM = {"numbers": ("int32", ()), "positions": ("float64", (3,)), "forces": ("float64", (3,))}
 _MODELS = {
@@ -259,9 +262,7 @@ class RunLog:
         self.path = Path(handle.filename)
         self.health = health
         self._keys: set[str] | None = None
-        self._pending: list[dict[str, np.ndarray]] = []
-        self._columns: dict | None = None
-        self._length = 0
+        self._buffers: dict[str, _TrajectoryBuffer] = {}
 
     # --- opening ---------------------------------------------------------------------------
     @classmethod
@@ -317,7 +318,7 @@ class RunLog:
         try:
             # Inspected read-only (a damaged file gets no byte written), without HDF5's file lock so
             # that a file being written by a run can be read; writers are kept apart by io.lock.
-            f = h5py.File(path, "r", locking=False)
+            f = _open_h5(path, "r")
         except OSError as exc:
             raise DataError(f"{path}: cannot open the run file ({_first_line(exc)}); it is not an HDF5 file "
                             "or it is damaged beyond reading") from exc
@@ -342,7 +343,7 @@ class RunLog:
         if not health.resumable:
             raise DataError(health.message())
         try:
-            f = h5py.File(path, mode, locking=False)  # one writer: io.lock.RunLock, not HDF5's lock
+            f = _open_h5(path, mode)  # one writer: io.lock.RunLock, not HDF5's lock
         except OSError as exc:
             raise DataError(f"{path}: cannot open the run file for writing ({_first_line(exc)})") from exc
         return cls(f, health=health)
@@ -362,7 +363,7 @@ class RunLog:
         done = repair(self.file, health)
         self.file.flush()
         self.health = inspect(self.file)
-        self._keys, self._columns = None, None
+        self._keys, self._buffers = None, {}
         return list(health.notes) + done
 
     # --- metadata ---------------------------------------------------------------------------
@@ -395,17 +396,18 @@ class RunLog:
         self.file["status"][()] = np.bytes_(status.encode("utf-8"))
 
     # --- appending ----------------------------------------------------------------------------
-    def append_trajectory(self, row: Mapping[str, Any]) -> int:
+    def append_trajectory(self, row: Mapping[str, Any], table: str = "trajectory") -> int:
         """Append one trajectory row (keys: the ``/trajectory`` columns, plus ``numbers`` on the
-        first row). Returns the row index.
+        first row) to ``table`` (``trajectory``, or ``walkers/<i>/trajectory`` of a walker).
+        Returns the row index.
 
         Rows are kept in memory until the next :meth:`flush`, which writes them as one block per
         column (a per-row write costs about ten times more).
         """
-        if "trajectory" not in self.file:
-            _make_trajectory(self.file, len(row["positions"]), row["numbers"])
-        elif "numbers" not in self.file["trajectory"]:
-            self.file["trajectory"].create_dataset("numbers", data=np.asarray(row["numbers"], dtype=np.int32))
+        if table not in self.file:
+            _make_trajectory(self.file, len(row["positions"]), row["numbers"], table)
+        elif "numbers" not in self.file[table]:
+            self.file[table].create_dataset("numbers", data=np.asarray(row["numbers"], dtype=np.int32))
         values = {}
         for name, (dtype, _) in _TRAJECTORY.items():
             value = row.get(name)
@@ -417,12 +419,17 @@ class RunLog:
                 else:
                     raise ValueError(f"trajectory row lacks {name!r}")
             values[name] = np.asarray(value, dtype=dtype)
-        self._pending.append(values)
-        return self.rows("trajectory") - 1
+        self._buffer(table).pending.append(values)
+        return self.rows(table) - 1
+
+    def _buffer(self, table: str) -> _TrajectoryBuffer:
+        if table not in self._buffers:
+            self._buffers[table] = _TrajectoryBuffer(table)
+        return self._buffers[table]
 
     def append_frame(self, frame: Atoms, *, step: int, reason: str, split: int,
                      max_sigma: float = float("nan"), labeler: Mapping[str, Any] | str = "",
-                     key: str | None = None) -> int:
+                     key: str | None = None, walker: int | None = None) -> int:
         """Append one labelled frame (an Atoms with a SinglePointCalculator). Returns its index.
 
         ``frame.info`` may carry ``label_wall_time`` and ``label_attempts`` (set by the labellers).
@@ -461,6 +468,7 @@ class RunLog:
             "checksum": frame_checksum(frame.numbers, frame.positions, results["forces"], frame.cell[:],
                                        frame.pbc, float(results["energy"]), stress, int(step), reason_bytes,
                                        int(split), key.encode()),
+            "walker": (-1 if step < 0 else 0) if walker is None else int(walker),
         })
         if self._keys is not None:
             self._keys.add(key)
@@ -512,6 +520,8 @@ class RunLog:
         (see :mod:`otf_statcut.io.checkpoint`)."""
         self.flush()
         cp.trajectory_rows = self.rows("trajectory")
+        for w in cp.walkers:  # many walkers: each its own trajectory
+            w["trajectory_rows"] = self.rows(walker_table(w["index"]))
         cp.dataset_rows = self.rows("dataset")
         cp.models_rows, cp.cutoffs_rows, cp.failures_rows = (self.rows(t) for t in ("models", "cutoffs",
                                                                                      "failures"))
@@ -528,18 +538,8 @@ class RunLog:
         self.file.flush()
 
     def _write_pending(self) -> None:
-        if not self._pending:
-            return
-        if self._columns is None:  # dataset handles, row shapes, dtypes and length, looked up once
-            g = self.file["trajectory"]
-            self._columns = {name: (g[name].id, g[name].shape[1:], g[name].dtype) for name in _TRAJECTORY}
-            self._length = int(g["step"].shape[0])
-        start, count = self._length, len(self._pending)
-        for name, (dsid, row, dtype) in self._columns.items():
-            block = np.ascontiguousarray(np.stack([r[name] for r in self._pending]), dtype=dtype)
-            _write_rows(dsid, start, row, block)
-        self._length = start + count
-        self._pending = []
+        for buffer in self._buffers.values():
+            buffer.write(self.file)
 
     def close(self) -> None:
         if self.file.id.valid:
@@ -559,9 +559,10 @@ class RunLog:
         (intact rows only in a file opened for reading)."""
         if self.file.mode == "r" and self.health is not None:
             return int(self.health.rows.get(table, 0))
-        pending = len(self._pending) if table == "trajectory" else 0
-        if table == "trajectory" and self._columns is not None:
-            return self._length + pending
+        buffer = self._buffers.get(table)
+        pending = len(buffer.pending) if buffer is not None else 0
+        if buffer is not None and buffer.columns is not None:
+            return buffer.length + pending
         if table not in self.file:
             return pending
         first = "step" if table != "dataset" else "offset"
@@ -604,7 +605,7 @@ def read_table(path, table: str, columns: Sequence[str] | None = None) -> dict[s
         for name in g:
             if not isinstance(g[name], h5py.Dataset) or (columns is not None and name not in columns):
                 continue
-            per_row = not (table == "trajectory" and name == "numbers")
+            per_row = not (table.endswith("trajectory") and name == "numbers")
             if table == "dataset" and name in ("numbers", "positions", "forces"):
                 n_rows = runlog.health.rows.get("dataset_atoms", 0)
             else:
@@ -755,8 +756,48 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def _make_trajectory(f: h5py.File, n: int, numbers) -> None:
-    g = f.create_group("trajectory")
+def _open_h5(path, mode: str) -> h5py.File:
+    """Open without HDF5's file lock; if this process has the file open already with the lock
+    (plain ``h5py.File(path)`` elsewhere), HDF5 insists on the same setting: use it."""
+    try:
+        return h5py.File(path, mode, locking=False)
+    except OSError as exc:
+        if "locking flag" not in str(exc):
+            raise
+        return h5py.File(path, mode)
+
+
+def walker_table(index: int) -> str:
+    """The trajectory table of walker ``index`` in a run with a ``walkers`` section."""
+    return f"walkers/{int(index)}/trajectory"
+
+
+class _TrajectoryBuffer:
+    """Rows of one trajectory table waiting for the next flush, and its dataset handles."""
+
+    def __init__(self, table: str):
+        self.table = table
+        self.pending: list[dict[str, np.ndarray]] = []
+        self.columns: dict | None = None
+        self.length = 0
+
+    def write(self, f: h5py.File) -> None:
+        if not self.pending:
+            return
+        if self.columns is None:  # dataset handles, row shapes, dtypes and length, looked up once
+            g = f[self.table]
+            self.columns = {name: (g[name].id, g[name].shape[1:], g[name].dtype) for name in _TRAJECTORY}
+            self.length = int(g["step"].shape[0])
+        start, count = self.length, len(self.pending)
+        for name, (dsid, row, dtype) in self.columns.items():
+            block = np.ascontiguousarray(np.stack([r[name] for r in self.pending]), dtype=dtype)
+            _write_rows(dsid, start, row, block)
+        self.length = start + count
+        self.pending = []
+
+
+def _make_trajectory(f: h5py.File, n: int, numbers, table: str = "trajectory") -> None:
+    g = f.create_group(table)
     _make_table(g, _TRAJECTORY, n=n)
     if numbers is not None:
         g.create_dataset("numbers", data=np.asarray(numbers, dtype=np.int32))
@@ -791,6 +832,7 @@ def _frames(g: h5py.Group, indices, n: int) -> list[Atoms]:
     step, split, max_sigma = g["step"][:n], g["split"][:n], g["max_sigma"][:n]
     wall, attempts = g["wall_time_s"][:n], g["attempts"][:n]
     reason, labeler, key = (_strings(g[name], n) for name in ("reason", "labeler", "key"))
+    walker = g["walker"][:n] if "walker" in g else np.where(step < 0, -1, 0)
     frames = []
     for i in rows:
         lo, hi = int(offset[i]), int(offset[i] + n_atoms[i])
@@ -798,7 +840,7 @@ def _frames(g: h5py.Group, indices, n: int) -> list[Atoms]:
         s = stress[i]
         atoms.calc = SinglePointCalculator(atoms, energy=float(energy[i]), free_energy=float(energy[i]),
                                            forces=forces[lo:hi], stress=None if np.isnan(s).any() else s)
-        atoms.info.update(index=i, step=int(step[i]), reason=str(reason[i]),
+        atoms.info.update(index=i, step=int(step[i]), reason=str(reason[i]), walker=int(walker[i]),
                           split="val" if split[i] else "train", max_sigma=float(max_sigma[i]),
                           wall_time_s=float(wall[i]), attempts=int(attempts[i]), labeler=str(labeler[i]),
                           key=str(key[i]))

@@ -569,6 +569,31 @@ class NequIPPotential:
         clone.optimizer_state = _copy.deepcopy(self.optimizer_state)
         return clone
 
+    # --- NequIP-native forms (see otf_statcut.mlip.nequip_native) ------------------------------
+
+    def to_nequip(self, path: str | Path, fmt: str = "package", example: Sequence[Atoms] | None = None,
+                  **kwargs) -> Path:
+        """Write this potential in a form nequip's own tools read: ``fmt="package"``
+        (``.nequip.zip`` via ``nequip-package``, or a ``.ckpt`` checkpoint), ``"aotinductor"``
+        (``.nequip.pt2`` for nequip's ASE calculator) or ``"lammps"`` (``.nequip.lmp.pt``
+        ML-IAP, or ``.nequip.pt2`` for pair_nequip). ``example``: frames of the system (shapes
+        for AOT compilation). See :func:`otf_statcut.mlip.nequip_native.export_potential`."""
+        from .nequip_native import export_potential
+
+        return export_potential(self, path, fmt, example=example, **kwargs)
+
+    @classmethod
+    def from_nequip(
+        cls, path: str | Path, species: Sequence[str] | None = None, device: str | torch.device = "cpu"
+    ) -> NequIPPotential:
+        """A trained potential from a NequIP package (``.nequip.zip``), a nequip checkpoint or a
+        saved potential folder; ``species``: elements it must know. See
+        :func:`otf_statcut.mlip.nequip_native.load_nequip_model`."""
+        from .nequip_native import load_nequip_model
+
+        return load_nequip_model(path, species=species, device=device)
+
+
 
 def _to_cpu(value):
     """A copy of a nested optimiser state with every tensor on the CPU."""

@@ -130,6 +130,10 @@ def test_a_walkers_run_labels_retrains_and_logs_every_walker(tmp_path):
     assert sum(w["labels"] for w in summary.walkers) == summary.n_labels
     assert summary.batches[1] > summary.batches[0]  # evaluations were batched
     assert any("walkers: 3" in line for line in summary.lines())
+    from otf_statcut.plots.run_report import plot_run  # the report shows the walkers side by side
+
+    written = {p.name for p in plot_run(path, tmp_path / "figures")}
+    assert {"run_walkers.png", "run_sigma_w0-300K.png", "run_cutoffs.png"} <= written
 
 
 @pytest.mark.slow

@@ -148,7 +148,7 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def load_run(path) -> RunData:
+def load_run(path, trajectory: str = "trajectory") -> RunData:
     """Read the tables and settings of a run file.
 
     Parameters
@@ -166,7 +166,9 @@ def load_run(path) -> RunData:
     try:
         with RunLog.open(path, "r") as runlog:
             config = runlog.config
-        tables = {name: read_table(path, name, columns=REQUIRED[name]) for name in REQUIRED}
+        tables = {name: read_table(path, trajectory if name == "trajectory" else name,
+                                   columns=REQUIRED[name] + (("walker",) if name == "dataset" else ()))
+                  for name in REQUIRED}
     except DataError:
         raise
     except (OSError, KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
@@ -279,8 +281,34 @@ def sigma_figure(run: RunData) -> Figure:
     element. Label and halt decisions are scatter points on the max σ of their step.
     """
     fig, axes = _figure(1, 1, width=8.0, height=4.2)
-    ax = axes[0, 0]
     _title(fig, run, "max σ and statistical cutoffs over the MD")
+    _draw_sigma(axes[0, 0], run)
+    return fig
+
+
+def walkers_figure(runs: list[RunData], names: list[str]) -> Figure:
+    """Many walkers side by side: each walker's max σ with the shared cutoffs and its decisions
+    (one panel per walker, common axes)."""
+    ncols = min(len(runs), 3)
+    nrows = -(-len(runs) // ncols)
+    fig, axes = _figure(nrows, ncols, width=4.6, height=3.2)
+    _title(fig, runs[0], f"{len(runs)} walkers: max σ and the shared cutoffs")
+    for i, ax in enumerate(axes.flat):
+        if i >= len(runs):
+            ax.set_visible(False)
+            continue
+        _draw_sigma(ax, runs[i])
+        labels = runs[i].labels()["step"]
+        ax.set_title(f"{names[i]}: {int(np.sum(runs[i].dataset.get('walker', np.zeros(0)) == i))} labels",
+                     fontsize="small")
+        del labels
+    for ax in axes.flat[1:]:
+        if ax.get_visible():
+            ax.sharey(axes.flat[0])
+    return fig
+
+
+def _draw_sigma(ax: Axes, run: RunData) -> None:
     ax.set_xlabel("simulated time (ps)")
     ax.set_ylabel("max σ (eV/Å)")
     rows = run.rows(run.trajectory)
@@ -321,7 +349,6 @@ def sigma_figure(run: RunData) -> Figure:
         _note(ax, "; ".join(absent), centre=not rows)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="x-small", ncols=2 if per_element else 1, loc="upper left")
-    return fig
 
 
 def _nice(value: float) -> float:
@@ -563,15 +590,37 @@ def plot_run(path, outdir=None, *, fmt: str = "png") -> list[Path]:
     UserError
         A figure cannot be written (unwritable folder, disk full); the message names the file.
     """
-    run = load_run(path)
+    import json
+
+    import h5py
+
+    with h5py.File(path, "r", locking=False) as f:
+        names = json.loads(f["walkers"].attrs["names"]) if "walkers" in f and "names" in f["walkers"].attrs else []
+    if names:  # many walkers: the report of each walker, and all of them side by side
+        runs = [load_run(path, trajectory=f"walkers/{i}/trajectory") for i in range(len(names))]
+        reports = [(f"_{name}", r) for name, r in zip(names, runs)]
+    else:
+        runs, reports = [load_run(path)], [("", None)]
+        reports = [("", runs[0])]
+    run = runs[0]
     outdir = Path(outdir) if outdir is not None else run.path.parent / "figures"
     written = []
     target = outdir
     try:
         outdir.mkdir(parents=True, exist_ok=True)
-        for name, build in zip(FIGURES, _BUILDERS):
-            target = outdir / f"{name}.{fmt}"
-            written.append(save_figure(build(run), target))
+        for suffix, one in reports:
+            for name, build in zip(FIGURES, _BUILDERS):
+                if suffix and name in ("run_cutoffs", "run_validation"):
+                    continue  # shared by the walkers: written once, below
+                target = outdir / f"{name}{suffix}.{fmt}"
+                written.append(save_figure(build(one), target))
+        if names:
+            for name, build in zip(FIGURES, _BUILDERS):
+                if name in ("run_cutoffs", "run_validation"):
+                    target = outdir / f"{name}.{fmt}"
+                    written.append(save_figure(build(run), target))
+            target = outdir / f"run_walkers.{fmt}"
+            written.append(save_figure(walkers_figure(runs, names), target))
     except OSError as exc:
         raise UserError(f"{target}: cannot write the figure ({_one_line(exc)})") from exc
     return written

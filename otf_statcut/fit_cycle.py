@@ -17,10 +17,20 @@ changed; neither trains, fits a head or fits cutoffs in any other way. One cycle
 
 Force errors everywhere are :func:`otf_statcut.uq.base.error_magnitudes` (per atom
 ``|F_pred − F_ref|``, eV/Å), the one force-error function of the project.
+
+Cost. A cycle's cost should not grow with the data set (issue 11): the potential's (and an
+ensemble's members') warm retrain trains on the new frames plus a replay sample within its time
+budget (:class:`~otf_statcut.mlip.TrainConfig`), graphs come from the graph cache, the trained
+potential's predictions of the validation frames are computed once and shared by the retrain
+check, the head's fit and calibration, and the cutoffs (an ensemble likewise evaluates its
+members on them once). The training frames are predicted only when the head reads their
+predictions (feature heads: GP, latent distance); otherwise ``CycleResult.train_predictions`` is a
+:class:`LazyPredictions` that computes them, with the weights of this cycle, if read.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import time
@@ -29,14 +39,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from ase import Atoms
 
 from .errors import DataError, FitError, UserError
 from .stats.distributions import DEFAULT_CANDIDATES
 from .stats.element_cutoffs import fit_cutoffs
 
-__all__ = ["CutoffSettings", "RetrainCheck", "CycleResult", "fit_cycle", "force_errors", "element_counts",
-           "mean_error"]
+__all__ = ["CutoffSettings", "RetrainCheck", "CycleResult", "LazyPredictions", "fit_cycle", "force_errors",
+           "element_counts", "mean_error"]
 
 log = logging.getLogger("otf_statcut.fit_cycle")
 
@@ -135,6 +146,7 @@ class CycleResult:
         The fitted, calibrated head.
     train_predictions, val_predictions, extra_predictions : list of Prediction
         The trained potential's predictions (with latent features if the head needs them).
+        ``train_predictions`` is a :class:`LazyPredictions` when the head did not need them.
     val_errors, val_sigma : ndarray
         Per validation atom |ΔF| and σ, eV/Å.
     val_symbols : ndarray of str
@@ -167,6 +179,70 @@ class CycleResult:
     val_force_rmse: float
     val_energy_mae: float
     cutoff_failure: str = ""
+
+
+class LazyPredictions(Sequence):
+    """Predictions of frames by a potential as its weights were when this object was made,
+    computed on first access (``len`` needs no computation).
+
+    The weights are snapshotted (a state-dict copy, cheap); if the potential has been refitted
+    by the time the predictions are read, a copy with the snapshotted weights computes them.
+    """
+
+    def __init__(self, potential, frames: Sequence[Atoms], features: bool) -> None:
+        self._potential = potential
+        self._model = potential.model
+        self._state = {k: v.detach().clone() for k, v in potential.model.state_dict().items()}
+        self._frames = list(frames)
+        self._features = bool(features)
+        self._values: list | None = None
+
+    @property
+    def computed(self) -> bool:
+        """Whether the predictions have been computed."""
+        return self._values is not None
+
+    def _unchanged(self) -> bool:
+        if self._potential.model is not self._model:
+            return False
+        now = self._model.state_dict()
+        return all(torch.equal(now[k].detach().to(v.device), v) for k, v in self._state.items())
+
+    def _compute(self) -> list:
+        if self._values is None:
+            potential = self._potential
+            if not self._unchanged():
+                potential = potential.copy()
+                potential.model.load_state_dict(self._state)
+                potential.model.eval()
+            from .mlip.training import frozen_parameters
+
+            with frozen_parameters(potential.model):
+                self._values = potential.predict(self._frames, stress=False, features=self._features)
+            self._potential = self._model = self._state = None
+        return self._values
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def __getitem__(self, index):
+        return self._compute()[index]
+
+    def __iter__(self):
+        return iter(self._compute())
+
+    def __add__(self, other):
+        return list(self._compute()) + list(other)
+
+    def __radd__(self, other):
+        return list(other) + list(self._compute())
+
+    def __eq__(self, other):
+        return list(self) == list(other)
+
+    def __repr__(self) -> str:
+        state = "computed" if self.computed else "not computed"
+        return f"LazyPredictions({len(self)} frames, {state})"
 
 
 def force_errors(frames: Sequence[Atoms], predictions: Sequence) -> list[np.ndarray]:
@@ -239,27 +315,36 @@ def fit_cycle(
     if not train or not val:
         raise DataError(f"training needs at least one training and one validation frame "
                         f"(have {len(train)} and {len(val)})")
+    from .mlip.training import frozen_parameters
+
+    def predict(frames, features=False):
+        with frozen_parameters(potential.model):
+            return potential.predict(frames, stress=False, features=features)
+
     before_error = math.nan
     if warm_start and new_frames:
-        before_error = mean_error(new_frames, potential.predict(new_frames, stress=False, features=False))
+        before_error = mean_error(new_frames, predict(new_frames))
     start = time.perf_counter()
-    potential.fit(train, val, train_config=train_config, warm_start=warm_start)
+    potential.fit(train, val, train_config=train_config, warm_start=warm_start,
+                  new_frames=new_frames if new_frames else None)
     train_time = time.perf_counter() - start
     history = potential.history  # its max_weight_change compares the returned and starting weights
 
     start = time.perf_counter()
     needs = bool(getattr(head, "needs_features", True))
-    everything = train + val + list(also_predict)
-    predictions = potential.predict(everything, stress=False, features=needs)
-    train_pred = predictions[:len(train)]
-    val_pred = predictions[len(train):len(train) + len(val)]
-    extra_pred = predictions[len(train) + len(val):]
+    needs_train = bool(getattr(head, "needs_train_predictions", True))
+    predicted = (train if needs_train else []) + val + list(also_predict)
+    predictions = predict(predicted, features=needs)
+    offset = len(train) if needs_train else 0
+    train_pred = predictions[:offset] if needs_train else LazyPredictions(potential, train, needs)
+    val_pred = predictions[offset:offset + len(val)]
+    extra_pred = predictions[offset + len(val):]
     after_error = math.nan
     if new_frames:
-        ids = {id(f): i for i, f in enumerate(train + val)}
-        new_pred = [predictions[ids[id(f)]] if id(f) in ids else potential.predict([f], stress=False,
-                                                                                     features=False)[0]
-                    for f in new_frames]
+        ids = {id(f): i for i, f in enumerate(predicted[:offset + len(val)])}
+        missing = [f for f in new_frames if id(f) not in ids]
+        computed = iter(predict(missing)) if missing else iter(())
+        new_pred = [predictions[ids[id(f)]] if id(f) in ids else next(computed) for f in new_frames]
         after_error = mean_error(new_frames, new_pred)
     check = RetrainCheck(
         warm_start=bool(warm_start), epochs=len(history.epochs), best_epoch=int(history.best_epoch),
@@ -270,7 +355,12 @@ def fit_cycle(
     if check.problem():
         log.warning("%s", check.problem())
 
-    head.fit(potential, train, val, train_predictions=train_pred, val_predictions=val_pred)
+    fit_options = {}
+    if "new_frames" in inspect.signature(head.fit).parameters:
+        fit_options["new_frames"] = new_frames if (warm_start and new_frames) else None
+    # a head that does not read the training predictions gets placeholders of the right length
+    head.fit(potential, train, val, train_predictions=train_pred if needs_train else [None] * len(train),
+             val_predictions=val_pred, **fit_options)
     val_errors = np.concatenate(force_errors(val, val_pred))
     val_sigma = np.concatenate(head.predict(val, val_pred))
     val_symbols = np.concatenate([np.asarray(f.get_chemical_symbols(), dtype=str) for f in val])

@@ -145,7 +145,10 @@ class TrainConfig:
     energy_weight, forces_weight, stress_weight : float
         Loss weights (>= 0, not all zero).
     max_seconds : float or None
-        Wall-clock budget for one ``fit``; training stops after the epoch that exceeds it.
+        Wall-clock budget for one ``fit``, checked before every optimiser step: a step is not
+        started when the time used plus one validation pass (as long as the last one took) would
+        exceed it; the epoch so far is then validated and is a candidate like any other. At least
+        one step is always taken.
     seed : int
         Seed of the batch shuffling.
     progress : bool
@@ -163,6 +166,16 @@ class TrainConfig:
         Adam; the learning rate is still the warm one. A warm fit finding no kept state (the
         previous fit did not keep one, or the file was missing or unusable) starts a fresh
         Adam. Default True.
+    warm_replay_frames : int or None
+        Warm fits only: each epoch trains on every *new* training frame (not trained on by the
+        previous fit) plus at most this many of the old training frames, drawn afresh at random
+        each epoch (replay), so a retrain's cost does not grow with the data set. None: every
+        epoch over all training frames. Default 128 (with fewer old frames than that, every epoch
+        holds them all, as without replay).
+    warm_val_frames : int or None
+        Warm fits only: the validation loss that selects the returned epoch, drives the plateau
+        schedule and early stopping is measured on every new validation frame plus at most this
+        many old ones (one draw per fit). None: all validation frames. Default 128.
 
     Warm fits also never return the starting weights: the returned weights are those of the
     best epoch >= 1 (cold fits may return epoch 0, the initial weights). The warm defaults were
@@ -190,6 +203,8 @@ class TrainConfig:
     warm_learning_rate: float | None = None
     warm_ramp_epochs: int = 0
     warm_carry_optimizer: bool = True
+    warm_replay_frames: int | None = 128
+    warm_val_frames: int | None = 128
 
     def __post_init__(self) -> None:
         for name in ("max_epochs", "batch_size", "lr_patience", "patience"):
@@ -216,6 +231,9 @@ class TrainConfig:
                self.warm_ramp_epochs, "an integer >= 0")
         _check(isinstance(self.warm_carry_optimizer, bool), "warm_carry_optimizer", self.warm_carry_optimizer,
                "true or false")
+        for name in ("warm_replay_frames", "warm_val_frames"):
+            value = getattr(self, name)
+            _check(value is None or (_is_int(value) and value >= 0), name, value, "an integer >= 0 or null")
 
     @property
     def effective_warm_learning_rate(self) -> float:

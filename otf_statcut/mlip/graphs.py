@@ -4,11 +4,26 @@ A graph holds positions, cell, pbc, atom types and the neighbour list within ``r
 *labelled* graph also holds the reference total energy, forces and stress (NaN when the frame
 has no stress label, so frames with and without stress batch together). Floating-point fields
 are always float64, whatever torch's default dtype is at the time.
+
+Graph cache. Building a neighbour list is the expensive part of a graph (about 3 ms for a
+54-atom cell), and the on-the-fly loop retrains on the same labelled frames again and again
+(and an ensemble trains several models on them). :class:`GraphCache` keeps the unlabelled graph of
+every *labelled* frame a converter has seen, keyed by the converter's species and cutoff and a
+digest of the frame's geometry (:func:`geometry_digest`: positions, cell, pbc, atomic numbers), so
+each frame's neighbour list is built once per process: a graph built for another cutoff or species
+set is never returned (a different ``r_max`` or species list is a different key), and a frame
+whose atoms moved has another digest. Unlabelled lookups (:meth:`GraphConverter.graph`, used by
+``predict`` and the calculator) read the cache but never add to it, so MD frames do not flush the
+training graphs out. The process-wide :data:`GRAPH_CACHE` is bounded in bytes (least recently
+used graphs go first). Cached tensors are shared, never modified: every lookup returns a new dict.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,6 +38,9 @@ __all__ = [
     "ensure_nequip_state",
     "float64_default",
     "GraphConverter",
+    "GraphCache",
+    "GRAPH_CACHE",
+    "geometry_digest",
     "DataStatistics",
     "compute_statistics",
     "batch_graphs",
@@ -61,6 +79,121 @@ def float64_default():
         torch.set_default_dtype(previous)
 
 
+def geometry_digest(atoms: Atoms) -> bytes:
+    """A 16-byte digest of what a graph depends on: positions, cell, pbc and atomic numbers.
+
+    Equal digests mean bitwise-equal geometry (labels and ``info`` are not part of it). About 2 µs
+    for a 54-atom frame.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    h.update(np.ascontiguousarray(atoms.positions, dtype=np.float64).tobytes())
+    h.update(np.ascontiguousarray(atoms.cell.array, dtype=np.float64).tobytes())
+    h.update(np.ascontiguousarray(atoms.pbc, dtype=bool).tobytes())
+    h.update(np.ascontiguousarray(atoms.numbers, dtype=np.int64).tobytes())
+    return h.digest()
+
+
+def _graph_bytes(graph: dict[str, torch.Tensor]) -> int:
+    return sum(int(v.numel()) * v.element_size() for v in graph.values() if isinstance(v, torch.Tensor))
+
+
+class GraphCache:
+    """Least-recently-used store of unlabelled graphs, keyed by ``(species, r_max, digest)``.
+
+    Parameters
+    ----------
+    max_bytes : int
+        Bound on the summed tensor sizes held (default 1 GiB: about 15,000 graphs of 54-atom
+        cells at a 4.5 Å cutoff); the least recently used graphs are dropped beyond it.
+
+    Attributes
+    ----------
+    hits, misses : int
+        Lookups answered from the cache, and lookups that were not.
+    enabled : bool
+        False: :meth:`get` always misses and :meth:`put` stores nothing (every graph is rebuilt,
+        the behaviour before the cache).
+    """
+
+    def __init__(self, max_bytes: int = 1 << 30) -> None:
+        self.max_bytes = int(max_bytes)
+        self.enabled = True
+        self.hits = 0
+        self.misses = 0
+        self._bytes = 0
+        self._items: OrderedDict[tuple, tuple[dict, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def nbytes(self) -> int:
+        """Summed tensor bytes of the graphs held."""
+        return self._bytes
+
+    def get(self, key: tuple) -> dict[str, torch.Tensor] | None:
+        """A new dict holding the cached graph's tensors, or None."""
+        with self._lock:
+            item = self._items.get(key) if self.enabled else None
+            if item is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return dict(item[0])
+
+    def put(self, key: tuple, graph: dict[str, torch.Tensor]) -> None:
+        """Store ``graph`` (a shallow copy of it) under ``key``."""
+        if not self.enabled:
+            return
+        size = _graph_bytes(graph)
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= old[1]
+            if size > self.max_bytes:
+                return
+            self._items[key] = (dict(graph), size)
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, (_, dropped) = self._items.popitem(last=False)
+                self._bytes -= dropped
+
+    def invalidate(self, species: Sequence[str] | None = None, r_max: float | None = None) -> int:
+        """Drop the graphs of one species set and/or cutoff (all graphs when both are None);
+        returns how many were dropped."""
+        with self._lock:
+            keys = [k for k in self._items
+                    if (species is None or k[0] == tuple(species))
+                    and (r_max is None or k[1] == float(r_max))]
+            for key in keys:
+                self._bytes -= self._items.pop(key)[1]
+            return len(keys)
+
+    def clear(self) -> None:
+        """Drop every graph and reset the counters."""
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+            self.hits = self.misses = 0
+
+    @contextlib.contextmanager
+    def disabled(self):
+        """Run a block without the cache (every graph rebuilt, nothing stored)."""
+        previous = self.enabled
+        self.enabled = False
+        try:
+            yield self
+        finally:
+            self.enabled = previous
+
+
+#: The process-wide graph cache every :class:`GraphConverter` uses unless given another one.
+GRAPH_CACHE = GraphCache()
+_DEFAULT = object()
+
+
 class GraphConverter:
     """Turn ASE frames into NequIP graphs for one species set and cutoff.
 
@@ -70,15 +203,26 @@ class GraphConverter:
         The model's type names (chemical symbols), in type-index order.
     r_max : float
         Neighbour-list cutoff in Å.
+    cache : GraphCache or None
+        Where graphs of labelled frames are kept across fits (default: :data:`GRAPH_CACHE`,
+        shared by every converter; entries are keyed by species and ``r_max`` too); None: no
+        cache.
     """
 
-    def __init__(self, species: Sequence[str], r_max: float) -> None:
+    def __init__(
+        self, species: Sequence[str], r_max: float, cache: GraphCache | None | object = _DEFAULT
+    ) -> None:
         from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
 
         self.species = tuple(species)
         self.r_max = float(r_max)
         self.type_mapper = ChemicalSpeciesToAtomTypeMapper(model_type_names=list(self.species))
         self.neighbor_list = NeighborListTransform(r_max=self.r_max)
+        self.cache = GRAPH_CACHE if cache is _DEFAULT else cache
+
+    def cache_key(self, atoms: Atoms) -> tuple:
+        """The cache key of ``atoms`` for this converter: ``(species, r_max, geometry digest)``."""
+        return (self.species, self.r_max, geometry_digest(atoms))
 
     @property
     def transforms(self) -> list[torch.nn.Module]:
@@ -91,11 +235,23 @@ class GraphConverter:
         if unknown:
             raise DataError(f"{where}: element(s) {unknown} not among the model species {list(self.species)}")
 
-    def graph(self, atoms: Atoms, where: str = "frame") -> dict[str, torch.Tensor]:
-        """Unlabelled graph of one frame (the calculator's and ``predict``'s input)."""
+    def graph(self, atoms: Atoms, where: str = "frame", store: bool = False) -> dict[str, torch.Tensor]:
+        """Unlabelled graph of one frame (the calculator's and ``predict``'s input).
+
+        Taken from the cache when a labelled frame with the same geometry was converted before;
+        a newly built graph is added to the cache only with ``store`` (labelled frames)."""
         self.check_species(atoms, where)
+        key = None
+        if self.cache is not None and self.cache.enabled:
+            key = self.cache_key(atoms)
+            cached = self.cache.get(key)
+            if cached is not None:
+                return cached
         with float64_default():
-            return self._graph(atoms, where)
+            data = self._graph(atoms, where)
+        if store and key is not None:
+            self.cache.put(key, data)
+        return data
 
     def _graph(self, atoms: Atoms, where: str) -> dict[str, torch.Tensor]:
         from nequip.data import AtomicDataDict, from_dict
@@ -128,7 +284,7 @@ class GraphConverter:
         from nequip.data import AtomicDataDict
 
         validate_frame(atoms, where)
-        data = self.graph(atoms, where)
+        data = self.graph(atoms, where, store=True)
         data[AtomicDataDict.TOTAL_ENERGY_KEY] = torch.tensor([[frame_energy(atoms)]], dtype=torch.float64)
         data[AtomicDataDict.FORCE_KEY] = torch.as_tensor(frame_forces(atoms), dtype=torch.float64)
         stress = frame_stress(atoms)

@@ -51,6 +51,7 @@ from .graphs import (
     compute_statistics,
     ensure_nequip_state,
     float64_default,
+    geometry_digest,
 )
 from .training import TrainingHistory, compatible_optimizer_state, train_model
 
@@ -226,6 +227,11 @@ class NequIPPotential:
         self.history: TrainingHistory | None = None
         self.trained: bool = model is not None
         self.optimizer_state: dict | None = None
+        #: geometry digests of the frames (training + validation) of the last fit: a later warm
+        #: fit counts the frames not among them as new (see fit's ``new_frames``); not saved
+        self.fitted_digests: frozenset[bytes] | None = None
+        #: compiled inference (see :meth:`enable_compiled`); None: eager only; not saved or copied
+        self._compiled = None
 
     # --- properties ------------------------------------------------------------------------
 
@@ -311,6 +317,7 @@ class NequIPPotential:
         val: Sequence[Atoms] | None = None,
         train_config: TrainConfig | None = None,
         warm_start: bool = True,
+        new_frames: Sequence[Atoms] | None = None,
     ) -> NequIPPotential:
         """Train on labelled frames, on :attr:`device`; returns ``self``.
 
@@ -332,6 +339,18 @@ class NequIPPotential:
             keeps its current weights but trains with the cold settings.
             False: rebuild the model from ``config`` (same seed) with statistics recomputed from
             ``train``, then train from scratch.
+        new_frames : sequence of ase.Atoms, optional
+            For a fine-tuning (warm) fit: the frames of ``train`` and ``val`` that are new since
+            the previous fit (matched by geometry). Each epoch then trains on the new training
+            frames plus a replay sample of the others (``train_config.warm_replay_frames``), and
+            the monitored loss is measured on the new validation frames plus a sample of the
+            others (``warm_val_frames``). None (default): the frames that were not in the
+            previous fit of this potential (:attr:`fitted_digests`) are new, or all of them when
+            that is unknown (e.g. after :meth:`load`).
+
+        Graphs come from the process-wide graph cache
+        (:data:`~otf_statcut.mlip.graphs.GRAPH_CACHE`): a frame's neighbour list is built once,
+        not at every fit.
 
         Raises
         ------
@@ -342,12 +361,25 @@ class NequIPPotential:
         if len(train) == 0:
             raise DataError("fit needs at least one labelled training frame")
         ensure_nequip_state()
+        val = list(val) if val is not None else []
         train_graphs = self.converter.labelled_graphs(train, "training frames")
-        val_graphs = self.converter.labelled_graphs(list(val) if val is not None else [], "validation frames")
+        val_graphs = self.converter.labelled_graphs(val, "validation frames")
         if not warm_start:
             self.statistics = compute_statistics(train, train_graphs, self.species)
             self.model = _build_model(self._config, self.statistics).to(self._device)
         warm = bool(warm_start and self.trained)
+        train_digests = [geometry_digest(a) for a in train]
+        val_digests = [geometry_digest(a) for a in val]
+        new_train = new_val = None
+        if warm:
+            if new_frames is not None:
+                known = {geometry_digest(a) for a in new_frames}
+                new_train = [i for i, d in enumerate(train_digests) if d in known]
+                new_val = [i for i, d in enumerate(val_digests) if d in known]
+            elif self.fitted_digests is not None:
+                known = self.fitted_digests
+                new_train = [i for i, d in enumerate(train_digests) if d not in known]
+                new_val = [i for i, d in enumerate(val_digests) if d not in known]
         with float64_default():
             history = train_model(
                 self.model,
@@ -356,10 +388,13 @@ class NequIPPotential:
                 train_config,
                 warm_start=warm,
                 optimizer_state=self.optimizer_state if warm else None,
+                new_train=new_train,
+                new_val=new_val,
             )
         self.optimizer_state, history.optimizer_state = history.optimizer_state, None
         self.history = history
         self.trained = True
+        self.fitted_digests = frozenset(train_digests) | frozenset(val_digests)
         return self
 
     # --- inference ---------------------------------------------------------------------------
@@ -407,9 +442,37 @@ class NequIPPotential:
         with float64_default():
             for start in range(0, len(graphs), batch_size):
                 batch = AtomicDataDict.to_(batch_graphs(graphs[start : start + batch_size]), self._device)
-                out = self.model(batch)
+                # the AOTInductor model of the current weights when one is ready, else eager
+                out = self.model(batch) if self._compiled is None else self._compiled.run(batch, self.model)
                 predictions.extend(predictions_from_output(out, stress=stress, features=features))
         return predictions
+
+    def enable_compiled(self, mode: str = "background", **kwargs):
+        """Evaluate with an AOTInductor-compiled model of the current weights when one is
+        ready (:meth:`predict`, the calculator), eager otherwise; see
+        :mod:`otf_statcut.mlip.compiled` for the policy. ``mode``: ``"background"`` (compile
+        in a background child process, eager meanwhile) or ``"blocking"`` (compile at the first
+        evaluation with new weights). Keyword arguments go to
+        :class:`~otf_statcut.mlip.compiled.CompiledManager` (``workdir``, ``example``,
+        ``timeout``). Starts compiling now; returns the manager."""
+        from .compiled import CompiledManager
+
+        self.disable_compiled()
+        self._compiled = CompiledManager(self, mode=mode, **kwargs)
+        self._compiled.refresh()
+        return self._compiled
+
+    def disable_compiled(self) -> None:
+        """Back to eager only (cancels a running compilation, removes the compiled files)."""
+        if self._compiled is not None:
+            self._compiled.close()
+            self._compiled = None
+
+    def compiled_status(self) -> dict:
+        """State of compiled inference: ``{"state": "off"}`` or the manager's
+        :meth:`~otf_statcut.mlip.compiled.CompiledManager.status` (``"ready"``, ``"compiling"``,
+        ``"eager"``, ``"failed"`` with ``reason``, counters, compile times)."""
+        return {"state": "off"} if self._compiled is None else self._compiled.status()
 
     def force_errors(self, frames: Sequence[Atoms] | Atoms, batch_size: int = 16) -> list[np.ndarray]:
         """Per frame, the per-atom force-error magnitudes ``|F_pred - F_ref|`` (eV/Å) of this
@@ -567,6 +630,7 @@ class NequIPPotential:
         clone.model.eval()
         clone.trained = self.trained
         clone.optimizer_state = _copy.deepcopy(self.optimizer_state)
+        clone.fitted_digests = self.fitted_digests
         return clone
 
     # --- NequIP-native forms (see otf_statcut.mlip.nequip_native) ------------------------------
@@ -592,7 +656,6 @@ class NequIPPotential:
         from .nequip_native import load_nequip_model
 
         return load_nequip_model(path, species=species, device=device)
-
 
 
 def _to_cpu(value):

@@ -7,6 +7,14 @@ The graphs are moved to the model's device once per fit and batched there. Losse
 errors are summed on the device and read back once per epoch, and which frames carry a stress
 label is decided on the host, so a GPU fit does not wait for the host after every batch.
 
+Cost of a retrain. A fit's time budget (``TrainConfig.max_seconds``) is checked before every
+optimiser step, not only after an epoch, so a fit on many frames stops on time. A warm fit
+trains its epochs on the *new* frames (those the previous fit did not train on; ``new_train``)
+plus a fresh random draw of at most ``warm_replay_frames`` old ones (replay), and selects its
+epoch on the new validation frames plus at most ``warm_val_frames`` old ones: an epoch's cost is
+bounded however large the data set grows, while every epoch still shows the model every new
+label. Graphs are moved to the model's device when first used, not all up front.
+
 Warm starts (``train_model(..., warm_start=True)``: fine-tuning weights that were already trained,
 e.g. after new labels in the on-the-fly loop) differ from cold fits in three ways, all set in
 :class:`~otf_statcut.mlip.config.TrainConfig`: the starting learning rate
@@ -20,6 +28,7 @@ restored epoch 0, and the new labels had no effect at all (see
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -39,6 +48,7 @@ __all__ = [
     "Batch",
     "train_model",
     "evaluate_model",
+    "frozen_parameters",
     "compatible_optimizer_state",
 ]
 
@@ -62,6 +72,10 @@ class EpochRecord:
         step by step).
     seconds : float
         Wall time of the epoch including validation.
+    frames : int
+        Training frames the epoch's optimiser steps saw.
+    complete : bool
+        False when the time budget ended the epoch before all its frames were seen.
     """
 
     epoch: int
@@ -71,6 +85,8 @@ class EpochRecord:
     val_forces_rmse: float
     learning_rate: float
     seconds: float
+    frames: int = 0
+    complete: bool = True
 
 
 @dataclass
@@ -108,6 +124,16 @@ class TrainingHistory:
         start of the call and the returned weights.
     weights_changed : bool
         ``max_weight_change > 0``: the returned weights differ from the starting ones.
+    n_new_frames : int
+        Training frames counted as new (all of them unless the caller said which are new).
+    epoch_frames : int
+        Training frames per (complete) epoch: all training frames, or with replay the new ones
+        plus the replayed sample.
+    replay : bool
+        Whether epochs were new frames plus a replay sample (a warm fit with more old training
+        frames than ``warm_replay_frames``).
+    monitor_frames : int
+        Frames the monitored (validation) loss was measured on.
     """
 
     initial_val_loss: float = math.nan
@@ -123,6 +149,10 @@ class TrainingHistory:
     best_val_forces_rmse: float = math.nan
     max_weight_change: float = 0.0
     weights_changed: bool = False
+    n_new_frames: int = 0
+    epoch_frames: int = 0
+    replay: bool = False
+    monitor_frames: int = 0
     #: Adam's state_dict at the returned weights, kept only with ``warm_carry_optimizer`` (for a
     #: later warm fit); not serialised.
     optimizer_state: dict | None = field(default=None, repr=False, compare=False)
@@ -143,6 +173,10 @@ class TrainingHistory:
             "optimizer_state_carried": self.optimizer_state_carried,
             "max_weight_change": self.max_weight_change,
             "weights_changed": self.weights_changed,
+            "n_new_frames": self.n_new_frames,
+            "epoch_frames": self.epoch_frames,
+            "replay": self.replay,
+            "monitor_frames": self.monitor_frames,
         }
 
 
@@ -202,23 +236,87 @@ def _loss_terms(
     return loss, energy_error.detach().square().sum(), forces_error.detach().square().sum()
 
 
+def _batch(graphs: Sequence[dict], has_stress: Sequence[bool], chunk: Sequence[int]) -> Batch:
+    """Concatenate ``graphs[i]`` (on the model's device) for ``i`` in ``chunk`` into one batch."""
+    from nequip.data import AtomicDataDict
+
+    chunk = list(chunk)
+    data = batch_graphs([graphs[i] for i in chunk])
+    rows = [j for j, i in enumerate(chunk) if has_stress[i]]
+    device = data[AtomicDataDict.POSITIONS_KEY].device
+    stress_rows = torch.tensor(rows, dtype=torch.long, device=device) if rows else None
+    n_components = 3 * int(data[AtomicDataDict.POSITIONS_KEY].shape[0])
+    return Batch(data, len(chunk), n_components, stress_rows)
+
+
 def _batches(
     graphs: Sequence[dict], has_stress: Sequence[bool], batch_size: int, order: Sequence[int]
 ) -> list[Batch]:
     """Concatenate ``graphs`` (already on the model's device) in ``order``, ``batch_size`` at a time."""
-    from nequip.data import AtomicDataDict
-
     order = list(order)
-    batches = []
-    for k in range(0, len(order), batch_size):
-        chunk = order[k : k + batch_size]
-        data = batch_graphs([graphs[i] for i in chunk])
-        rows = [j for j, i in enumerate(chunk) if has_stress[i]]
-        device = data[AtomicDataDict.POSITIONS_KEY].device
-        stress_rows = torch.tensor(rows, dtype=torch.long, device=device) if rows else None
-        n_components = 3 * int(data[AtomicDataDict.POSITIONS_KEY].shape[0])
-        batches.append(Batch(data, len(chunk), n_components, stress_rows))
-    return batches
+    return [_batch(graphs, has_stress, order[k : k + batch_size]) for k in range(0, len(order), batch_size)]
+
+
+class _OnDevice:
+    """The caller's graphs, each moved to ``device`` (and its stress flag read) when first used."""
+
+    def __init__(self, graphs: Sequence[dict], device: torch.device) -> None:
+        self._graphs = graphs
+        self._device = device
+        self._moved: dict[int, dict] = {}
+        self._stress: dict[int, bool] = {}
+        self.has_stress = _LazyFlags(self)
+
+    def __len__(self) -> int:
+        return len(self._graphs)
+
+    def __getitem__(self, i: int) -> dict:
+        graph = self._moved.get(i)
+        if graph is None:
+            from nequip.data import AtomicDataDict
+
+            graph = self._moved[i] = AtomicDataDict.to_(dict(self._graphs[i]), self._device)
+        return graph
+
+    def stress(self, i: int) -> bool:
+        flag = self._stress.get(i)
+        if flag is None:
+            flag = self._stress[i] = _has_stress(self._graphs[i])
+        return flag
+
+
+class _LazyFlags:
+    def __init__(self, owner: _OnDevice) -> None:
+        self._owner = owner
+
+    def __getitem__(self, i: int) -> bool:
+        return self._owner.stress(i)
+
+
+def _split_new(n: int, new: Sequence[int] | None) -> tuple[list[int], list[int]]:
+    """(new indices, old indices) of ``range(n)``; every index is new when ``new`` is None."""
+    if new is None:
+        return list(range(n)), []
+    marked = sorted({int(i) for i in new if 0 <= int(i) < n})
+    chosen = set(marked)
+    return marked, [i for i in range(n) if i not in chosen]
+
+
+@contextlib.contextmanager
+def frozen_parameters(model: torch.nn.Module):
+    """Run a block with every parameter of ``model`` not requiring gradients (restored after).
+
+    For inference: forces and stress are gradients with respect to positions and strain only, so
+    the autograd graph need not track the weights; about 15 % less time per frame on a CPU, same
+    numbers."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for param, _ in flags:
+        param.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for param, flag in flags:
+            param.requires_grad_(flag)
 
 
 def evaluate_model(model: torch.nn.Module, batches: Sequence[Batch], config: TrainConfig) -> _Metrics:
@@ -233,10 +331,11 @@ def evaluate_model(model: torch.nn.Module, batches: Sequence[Batch], config: Tra
         return _Metrics(math.nan, math.nan, math.nan)
     n_components = sum(batch.n_components for batch in batches)
     totals = []
-    for batch in batches:
-        out = model(batch.data)
-        loss, energy_sq, forces_sq = _loss_terms(out, batch, config)
-        totals.append(torch.stack([loss.detach() * batch.n_frames, energy_sq, forces_sq]))
+    with frozen_parameters(model):
+        for batch in batches:
+            out = model(batch.data)
+            loss, energy_sq, forces_sq = _loss_terms(out, batch, config)
+            totals.append(torch.stack([loss.detach() * batch.n_frames, energy_sq, forces_sq]))
     total, energy_sq, forces_sq = torch.stack(totals).sum(dim=0).tolist()
     return _Metrics(total / frames, math.sqrt(energy_sq / frames), math.sqrt(forces_sq / n_components))
 
@@ -290,6 +389,8 @@ def train_model(
     *,
     warm_start: bool = False,
     optimizer_state: dict | None = None,
+    new_train: Sequence[int] | None = None,
+    new_val: Sequence[int] | None = None,
 ) -> TrainingHistory:
     """Train ``model`` in place; on return it holds the best weights and is in eval mode.
 
@@ -303,49 +404,78 @@ def train_model(
         Labelled validation graphs. When empty, the training loss is monitored instead
         (``history.monitored == "train"``).
     config : TrainConfig
-        Optimiser, schedule, early stopping and loss weights.
+        Optimiser, schedule, early stopping, loss weights, time budget and replay sizes.
     warm_start : bool
         Fine-tune already trained weights: start at ``config.warm_learning_rate`` (ramped over
         ``config.warm_ramp_epochs``), from ``optimizer_state`` when ``config.warm_carry_optimizer``,
-        and return the best epoch >= 1 with a finite loss, never the starting weights (unless
-        every epoch diverged to a non-finite loss: then the starting weights come back, with
-        ``history.weights_changed`` False and ``best_epoch`` 0). False (cold): start at
-        ``config.learning_rate`` with a fresh Adam; epoch 0 (the starting weights) may win.
+        train each epoch on the new frames plus a replay sample of old ones
+        (``config.warm_replay_frames``), monitor the new validation frames plus a sample of old
+        ones (``config.warm_val_frames``), and return the best epoch >= 1 with a finite loss,
+        never the starting weights (unless every epoch diverged to a non-finite loss: then the
+        starting weights come back, with ``history.weights_changed`` False and ``best_epoch`` 0).
+        False (cold): start at ``config.learning_rate`` with a fresh Adam, every epoch over all
+        training frames, all validation frames monitored; epoch 0 (the starting weights) may win.
     optimizer_state : dict, optional
         An Adam ``state_dict`` from a previous fit of this model (used only by a warm start with
         ``config.warm_carry_optimizer``; ignored when it does not match the parameters).
+    new_train, new_val : sequence of int, optional
+        Indices of the training / validation graphs the model has not been fitted on before
+        (used by warm fits only). None: all of them are new (no replay: full epochs).
 
     Notes
     -----
-    Training runs on the device of the model's parameters; the graphs are copied there once
-    (the caller's graphs are left where they are). With ``config.warm_carry_optimizer``,
+    Training runs on the device of the model's parameters; each graph is copied there once, when
+    first used (the caller's graphs are left where they are). With ``config.warm_carry_optimizer``,
     ``history.optimizer_state`` holds Adam's state at the returned weights, for the next warm
-    fit (None otherwise, and when a cold fit returns its starting weights).
+    fit (None otherwise, and when a cold fit returns its starting weights). The time budget
+    ``config.max_seconds`` is checked before every optimiser step (see :class:`TrainConfig`).
 
     Returns
     -------
     TrainingHistory
     """
-    from nequip.data import AtomicDataDict
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
     history = TrainingHistory(monitored="val" if len(val_graphs) else "train", warm_start=bool(warm_start))
     rng = np.random.default_rng(config.seed)
     device = _model_device(model)
-    train_stress = [_has_stress(g) for g in train_graphs]
-    val_stress = [_has_stress(g) for g in val_graphs]
-    train_graphs = [AtomicDataDict.to_(dict(g), device) for g in train_graphs]
-    val_graphs = [AtomicDataDict.to_(dict(g), device) for g in val_graphs]
-    if len(val_graphs):
-        monitored, monitored_stress = val_graphs, val_stress
+    train_set = _OnDevice(train_graphs, device)
+    val_set = _OnDevice(val_graphs, device)
+
+    # --- what an epoch trains on: all frames, or (warm) the new ones plus a replay draw
+    new_idx, old_idx = _split_new(len(train_set), new_train)
+    replay_size = config.warm_replay_frames if warm_start else None
+    replay = replay_size is not None and len(old_idx) > replay_size and len(new_idx) + replay_size > 0
+    epoch_size = len(new_idx) + replay_size if replay else len(train_set)
+    history.n_new_frames, history.epoch_frames, history.replay = len(new_idx), epoch_size, bool(replay)
+
+    def epoch_order() -> np.ndarray:
+        if not replay:
+            return rng.permutation(len(train_set))
+        drawn = rng.choice(len(old_idx), size=replay_size, replace=False)
+        old = np.asarray(old_idx, dtype=np.int64)[drawn]
+        chosen = np.concatenate([np.asarray(new_idx, dtype=np.int64), old])
+        return chosen[rng.permutation(len(chosen))]
+
+    # --- what the monitored loss is measured on: all frames, or (warm) new ones plus a sample
+    if len(val_set):
+        monitored, monitored_new = val_set, new_val
     else:
-        monitored, monitored_stress = train_graphs, train_stress
-    monitor_batches = _batches(monitored, monitored_stress, config.batch_size, range(len(monitored)))
+        monitored, monitored_new = train_set, new_train
+    monitor_idx = list(range(len(monitored)))
+    sample = config.warm_val_frames if warm_start else None
+    if sample is not None:
+        mon_new, mon_old = _split_new(len(monitored), monitored_new)
+        if len(mon_old) > sample and len(mon_new) + sample > 0:
+            draw = np.random.default_rng([config.seed, 1]).choice(len(mon_old), size=sample, replace=False)
+            monitor_idx = sorted(mon_new + [mon_old[k] for k in draw])
+    history.monitor_frames = len(monitor_idx)
+    monitor_batches = _batches(monitored, monitored.has_stress, config.batch_size, monitor_idx)
 
     base_lr = config.effective_warm_learning_rate if warm_start else float(config.learning_rate)
     ramp_epochs = config.warm_ramp_epochs if warm_start else 0
-    steps_per_epoch = math.ceil(len(train_graphs) / config.batch_size)
+    steps_per_epoch = math.ceil(epoch_size / config.batch_size)
     ramp_steps = ramp_epochs * steps_per_epoch
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=base_lr)
@@ -363,7 +493,9 @@ def train_model(
         min_lr=config.min_learning_rate,
     )
 
+    eval_start = time.perf_counter()
     initial = evaluate_model(model, monitor_batches, config)
+    eval_seconds = time.perf_counter() - eval_start
     history.initial_val_loss = initial.loss
     history.initial_val_forces_rmse = initial.forces_rmse
     initial_state = copy.deepcopy(model.state_dict())
@@ -380,14 +512,27 @@ def train_model(
     history.stop_reason = "max_epochs"
     step = 0
 
+    def out_of_time() -> bool:
+        # a step is not started if it would leave no time for the validation pass after it
+        if config.max_seconds is None or step == 0:  # the first step is always taken
+            return False
+        return time.perf_counter() - start + eval_seconds > config.max_seconds
+
     bar = tqdm(range(1, config.max_epochs + 1), desc="NequIP fit", unit="epoch", disable=not config.progress)
     for epoch in bar:
         epoch_start = time.perf_counter()
         model.train()
-        order = rng.permutation(len(train_graphs))
+        order = epoch_order().tolist()
         losses = []
         rates = []
-        for batch in _batches(train_graphs, train_stress, config.batch_size, order):
+        frames_seen = 0
+        budget_hit = False
+        for k in range(0, len(order), config.batch_size):
+            if out_of_time():
+                budget_hit = True
+                break
+            chunk = order[k : k + config.batch_size]
+            batch = _batch(train_set, train_set.has_stress, chunk)
             if step < ramp_steps:
                 for group in optimizer.param_groups:
                     group["lr"] = base_lr * (step + 1) / ramp_steps
@@ -398,10 +543,17 @@ def train_model(
             loss.backward()
             optimizer.step()
             losses.append(loss.detach())
+            frames_seen += len(chunk)
             step += 1
+        if not losses:
+            # the budget ran out before this epoch's first step: nothing new to validate
+            history.stop_reason = "max_seconds"
+            break
         learning_rate = max(rates)
         in_ramp = epoch <= ramp_epochs
+        eval_start = time.perf_counter()
         metrics = evaluate_model(model, monitor_batches, config)
+        eval_seconds = time.perf_counter() - eval_start
         if not in_ramp:
             scheduler.step(metrics.loss)
         record = EpochRecord(
@@ -412,6 +564,8 @@ def train_model(
             val_forces_rmse=metrics.forces_rmse,
             learning_rate=learning_rate,
             seconds=time.perf_counter() - epoch_start,
+            frames=frames_seen,
+            complete=not budget_hit,
         )
         history.epochs.append(record)
         bar.set_postfix(
@@ -431,7 +585,8 @@ def train_model(
         if since_best >= config.patience:
             history.stop_reason = "early_stopping"
             break
-        if config.max_seconds is not None and time.perf_counter() - start > config.max_seconds:
+        over = config.max_seconds is not None and time.perf_counter() - start > config.max_seconds
+        if budget_hit or over:
             history.stop_reason = "max_seconds"
             break
         if (

@@ -51,6 +51,16 @@ Inducing points start at k-means centres of the training features (``scipy.clust
 seeded) and are optimised with the kernel and variational parameters by Adam on the
 variational ELBO (``iterations`` steps, default 1000, mini-batches of ``batch_size`` atoms).
 
+Warm refit. After a warm retrain of the potential its latent features move only a little, so
+the head (``warm_start=True``, the default) refits each element's GP from its previous state
+instead of from scratch: no k-means; the previous inducing points, ARD lengthscales, output
+scale, noise and variational distribution carried over (inducing points and lengthscales mapped
+through the change of the feature standardisation, so the kernel between inducing points, and
+with it the whitened variational parameters, is unchanged); ``warm_iterations`` Adam steps
+(default 200) instead of ``iterations``. A cold retrain of the potential (new features), a new
+element, a changed feature width or more inducing points than the previous GP could hold all
+refit cold.
+
 dtypes: every tensor and module here is float64 explicitly, independent of torch's default
 dtype (which ``nequip``'s ``set_global_state()`` changes process-wide).
 """
@@ -58,7 +68,9 @@ dtype (which ``nequip``'s ``set_global_state()`` changes process-wide).
 from __future__ import annotations
 
 import math
+import time
 import warnings
+
 import gpytorch
 import numpy as np
 import scipy.special
@@ -196,16 +208,29 @@ class ElementGP:
     prior_mean : {"max", "mean"}
         ``"max"``: the constant prior mean is fixed at the largest training log-error (σ rises
         away from the data); ``"mean"``: it is learned (σ plateaus at the typical error).
+    warm_iterations : int
+        Adam steps of a fit that starts from a previous GP (``fit(..., init=previous)``).
+
+    Attributes
+    ----------
+    warm_ : bool
+        Whether the last :meth:`fit` started from a previous GP.
+    fit_seconds_ : float
+        Wall time of the last :meth:`fit`.
     """
 
     def __init__(self, num_inducing: int = 64, iterations: int = 1000, learning_rate: float = 0.02,
                  batch_size: int = 1024, seed: int = 0,
-                 strategy: type = gpytorch.variational.VariationalStrategy, prior_mean: str = "max") -> None:
+                 strategy: type = gpytorch.variational.VariationalStrategy, prior_mean: str = "max",
+                 warm_iterations: int = 200) -> None:
         if prior_mean not in PRIOR_MEANS:
             raise ConfigError(f"gp head: key 'prior_mean' is {prior_mean!r}, expected one of {list(PRIOR_MEANS)}")
         self.prior_mean = prior_mean
         self.num_inducing = int(num_inducing)
         self.iterations = int(iterations)
+        self.warm_iterations = int(warm_iterations)
+        self.warm_ = False
+        self.fit_seconds_ = math.nan
         self.learning_rate = float(learning_rate)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
@@ -226,31 +251,75 @@ class ElementGP:
         self.model_ = ErrorGP(inducing.to(DTYPE), self.strategy).to(DTYPE)
         self.likelihood_ = gpytorch.likelihoods.GaussianLikelihood().to(DTYPE)
 
-    def fit(self, features: np.ndarray, errors: np.ndarray) -> ElementGP:
-        """Train on training-atom features (n, d) and force-error magnitudes (n,) in eV/Å."""
+    def _can_continue(self, init: ElementGP | None, n: int, d: int) -> bool:
+        """Whether a fit on ``n`` atoms of width ``d`` can start from ``init``."""
+        if init is None or init.model_ is None or init.x_mean_ is None:
+            return False
+        if type(init.model_.variational_strategy) is not self.strategy or init.prior_mean != self.prior_mean:
+            return False
+        inducing = init.model_.variational_strategy.inducing_points
+        return int(inducing.shape[1]) == d == int(init.x_mean_.shape[0]) and \
+            int(inducing.shape[0]) == min(self.num_inducing, n)
+
+    def _continue_from(self, init: ElementGP) -> None:
+        """Build the model from ``init``'s state, re-expressed in this fit's standardisation.
+
+        A standardised coordinate changes from ``(x - m0)/s0`` to ``(x - m1)/s1``; mapping the
+        inducing points the same way and each lengthscale by ``s0/s1`` leaves every kernel value
+        between inducing points, and so the whitened variational parameters, as they were."""
+        with torch.no_grad():
+            old_inducing = init.model_.variational_strategy.inducing_points.detach().to(DTYPE)
+            raw = old_inducing * init.x_std_ + init.x_mean_
+            inducing = (raw - self.x_mean_) / self.x_std_
+            lengthscale = init.model_.covar_module.base_kernel.lengthscale.detach().to(DTYPE).reshape(1, -1)
+            lengthscale = lengthscale * (init.x_std_ / self.x_std_).reshape(1, -1)
+        self._build(inducing)
+        self.model_.load_state_dict(init.model_.state_dict())
+        self.likelihood_.load_state_dict(init.likelihood_.state_dict())
+        with torch.no_grad():
+            self.model_.variational_strategy.inducing_points.copy_(inducing)
+        self.model_.covar_module.base_kernel.lengthscale = lengthscale.clamp_min(1e-6)
+
+    def fit(self, features: np.ndarray, errors: np.ndarray, init: ElementGP | None = None) -> ElementGP:
+        """Train on training-atom features (n, d) and force-error magnitudes (n,) in eV/Å.
+
+        With ``init`` (a fitted GP of the same element, e.g. before the potential's last warm
+        retrain), start from its state and run ``warm_iterations`` steps (module notes, "Warm
+        refit"); a GP that cannot be continued (other feature width, strategy or prior mean, or
+        fewer inducing points than this fit would place) is ignored: the fit starts cold."""
+        start = time.perf_counter()
         features = np.asarray(features, dtype=np.float64)
         errors = np.asarray(errors, dtype=np.float64).ravel()
         n, d = features.shape
         if n < 2 or errors.shape[0] != n:
             raise DataError(f"a GP needs at least 2 atoms with matching errors, got {n} features, {errors.size} errors")
+        warm = self._can_continue(init, n, d)
         self.x_mean_ = torch.as_tensor(features.mean(axis=0), dtype=DTYPE)
         self.x_std_ = torch.as_tensor(np.maximum(features.std(axis=0), 1e-8), dtype=DTYPE)
         x = self._standardise(features)
         y = torch.as_tensor(np.log(np.maximum(errors, ERROR_FLOOR)), dtype=DTYPE)
         self.y_max_ = float(y.max())
-
-        k = min(self.num_inducing, n)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # kmeans2 warns on empty clusters; '++' init re-seeds them
-            centres, _ = kmeans2(x.numpy(), k, iter=20, minit="++", seed=np.random.default_rng(self.seed))
-        self._build(torch.as_tensor(centres, dtype=DTYPE))
-        model, likelihood = self.model_, self.likelihood_
         prior = float(y.max()) if self.prior_mean == "max" else float(y.mean())
-        model.mean_module.constant = torch.tensor(prior, dtype=DTYPE)
-        model.mean_module.raw_constant.requires_grad_(self.prior_mean == "mean")
-        model.covar_module.outputscale = max(float(y.var()), (prior - float(y.mean())) ** 2, 1e-3)
-        model.covar_module.base_kernel.lengthscale = math.sqrt(d)
-        likelihood.noise = max(0.5 * float(y.var()), 1e-3)
+
+        if warm:
+            self._continue_from(init)
+            model, likelihood = self.model_, self.likelihood_
+            if self.prior_mean == "max":
+                model.mean_module.constant = torch.tensor(prior, dtype=DTYPE)
+            model.mean_module.raw_constant.requires_grad_(self.prior_mean == "mean")
+        else:
+            k = min(self.num_inducing, n)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # kmeans2 warns on empty clusters; '++' init re-seeds them
+                centres, _ = kmeans2(x.numpy(), k, iter=20, minit="++", seed=np.random.default_rng(self.seed))
+            self._build(torch.as_tensor(centres, dtype=DTYPE))
+            model, likelihood = self.model_, self.likelihood_
+            model.mean_module.constant = torch.tensor(prior, dtype=DTYPE)
+            model.mean_module.raw_constant.requires_grad_(self.prior_mean == "mean")
+            model.covar_module.outputscale = max(float(y.var()), (prior - float(y.mean())) ** 2, 1e-3)
+            model.covar_module.base_kernel.lengthscale = math.sqrt(d)
+            likelihood.noise = max(0.5 * float(y.var()), 1e-3)
+        self.warm_ = warm
 
         model.train()
         likelihood.train()
@@ -262,7 +331,7 @@ class ElementGP:
         self.loss_history_ = []
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)  # the variational mean's initial jitter
-            for _ in range(self.iterations):
+            for _ in range(self.warm_iterations if warm else self.iterations):
                 idx = torch.randperm(n, generator=generator)[:batch] if batch < n else slice(None)
                 optimiser.zero_grad()
                 loss = -elbo(model(x[idx]), y[idx])
@@ -270,6 +339,7 @@ class ElementGP:
                 optimiser.step()
                 self.loss_history_.append(float(loss.detach()))
         self._eval()
+        self.fit_seconds_ = time.perf_counter() - start
         return self
 
     def _eval(self) -> None:
@@ -368,6 +438,17 @@ class SparseGPHead(UncertaintyHead):
     prior_mean : {"max", "mean"}, default "max"
         What σ returns to away from the training data: the largest training error scale
         (``"max"``) or the typical one (``"mean"``, the paper's GP); see the module docstring.
+    warm_start : bool, default True
+        Refit each element's GP from its previous state when the head is refitted for the same
+        potential right after a warm retrain of it (module notes, "Warm refit"); False: every
+        fit starts from k-means and the initial hyperparameters.
+    warm_iterations : int, default 200
+        Adam steps of such a warm refit.
+
+    Attributes
+    ----------
+    warm_refit_ : bool
+        Whether the last fit started every element's GP from its previous state.
     """
 
     name = "gp"
@@ -375,23 +456,53 @@ class SparseGPHead(UncertaintyHead):
 
     def __init__(self, strategy=gpytorch.variational.VariationalStrategy, num_inducing: int = 64,
                  iterations: int = 1000, learning_rate: float = 0.02, batch_size: int = 1024,
-                 seed: int = 0, prior_mean: str = "max") -> None:
+                 seed: int = 0, prior_mean: str = "max", warm_start: bool = True,
+                 warm_iterations: int = 200) -> None:
         self.strategy = resolve_strategy(strategy)
         if prior_mean not in PRIOR_MEANS:
             raise ConfigError(f"gp head: key 'prior_mean' is {prior_mean!r}, expected one of {list(PRIOR_MEANS)}")
+        if not isinstance(warm_start, bool):
+            raise ConfigError(f"gp head: key 'warm_start' is {warm_start!r}, expected true or false")
+        if isinstance(warm_iterations, bool) or not isinstance(warm_iterations, int) or warm_iterations < 1:
+            raise ConfigError(f"gp head: key 'warm_iterations' is {warm_iterations!r}, "
+                              "expected an integer >= 1")
         super().__init__(num_inducing=int(num_inducing), iterations=int(iterations),
                          learning_rate=float(learning_rate), batch_size=int(batch_size), seed=int(seed),
-                         prior_mean=prior_mean)
+                         prior_mean=prior_mean, warm_start=warm_start, warm_iterations=int(warm_iterations))
         self.gps_: dict[int, ElementGP] = {}
+        self.warm_refit_ = False
+        self._previous_potential = None
 
     def _element_gp(self) -> ElementGP:
-        return ElementGP(strategy=self.strategy, **self.settings)
+        keys = ("num_inducing", "iterations", "learning_rate", "batch_size", "seed", "prior_mean",
+                "warm_iterations")
+        return ElementGP(strategy=self.strategy, **{k: self.settings[k] for k in keys})
+
+    def fit(self, potential, train_frames, val_frames, *, train_predictions=None, val_predictions=None):
+        """:meth:`UncertaintyHead.fit`; a refit for the same potential after a warm retrain of it
+        continues each element's GP (``warm_start``)."""
+        self._previous_potential = self.potential_
+        try:
+            return super().fit(potential, train_frames, val_frames, train_predictions=train_predictions,
+                               val_predictions=val_predictions)
+        finally:
+            self._previous_potential = None
+
+    def _continues(self, potential) -> bool:
+        """Whether this fit may start from the previous GPs: same potential object, whose last fit
+        was a warm (fine-tuning) one."""
+        history = getattr(potential, "history", None)
+        return bool(self.settings.get("warm_start", True) and self.gps_
+                    and self._previous_potential is potential
+                    and history is not None and history.warm_start)
 
     def _fit(self, train_frames, train_predictions, val_frames, val_predictions) -> None:
+        previous = self.gps_ if self._continues(self.potential_) else {}
         features, numbers = _concat_features(train_frames, train_predictions)
         errors = np.concatenate(error_magnitudes(train_frames, train_predictions))
-        self.gps_ = {z: self._element_gp().fit(features[idx], errors[idx])
+        self.gps_ = {z: self._element_gp().fit(features[idx], errors[idx], init=previous.get(z))
                      for z, idx in element_groups(numbers).items()}
+        self.warm_refit_ = bool(self.gps_) and all(gp.warm_ for gp in self.gps_.values())
 
     def _raw_sigma(self, frames, predictions) -> list[np.ndarray]:
         features, numbers = _concat_features(frames, predictions)

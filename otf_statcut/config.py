@@ -232,7 +232,10 @@ class MLIPConfig:
     ``from: PATH`` (a NequIP package ``.nequip.zip``, a nequip checkpoint, or a saved model folder
     such as ``runs/x/models/0003``: the run starts from that model and fine-tunes it; its species
     must include the system's elements, and ``retrain.warm_start`` must stay true), ``train``
-    TrainConfig fields, ``threads`` the torch threads."""
+    TrainConfig fields, ``threads`` the torch threads, ``compile`` the AOTInductor-compiled
+    inference of the driving model (:mod:`otf_statcut.mlip.compiled`): ``off`` (eager),
+    ``background`` (compiled in a background process after each fit, eager until it is ready:
+    never blocks the MD) or ``blocking`` (compiled before the first step with new weights)."""
 
     model: Mapping[str, Any] = spec(factory=dict)
     train: Mapping[str, Any] = spec(factory=dict)
@@ -240,6 +243,7 @@ class MLIPConfig:
     device: str = spec("cpu", check=lambda x: _device_available(x),
                        expected="cpu, auto (cuda if available), or cuda / cuda:N on a machine with a "
                                 "CUDA GPU")
+    compile: Literal["off", "background", "blocking"] = "off"
 
     @property
     def model_from(self) -> Path | None:

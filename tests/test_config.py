@@ -181,3 +181,10 @@ def test_mlip_device_defaults_to_cpu_and_unavailable_cuda_is_a_one_line_error():
         assert "mlip.device" in error_of({**LI, "mlip": {"device": "cuda"}})
     else:
         assert parse_run_config({**LI, "mlip": {"device": "cuda"}}).mlip.device == "cuda"
+
+
+def test_mlip_compile_modes():
+    assert parse_run_config({**LI, "mlip": {"compile": "background"}}).mlip.compile == "background"
+    assert parse_run_config(LI).mlip.compile == "off"
+    with pytest.raises(ConfigError, match="mlip.compile = 'fast' is invalid"):
+        parse_run_config({**LI, "mlip": {"compile": "fast"}})

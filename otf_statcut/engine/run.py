@@ -423,6 +423,7 @@ class OTFRun:
                 learner.fit(step=-1, reason="initial", warm_start=True)
             finally:
                 learner.retrain_config = retrain_config
+        self._compile(learner)
         return learner
 
     def _fresh(self, runlog: RunLog, start: Any):
@@ -476,7 +477,15 @@ class OTFRun:
         log.info("resuming at step %d (model %d, %d frames)", checkpoint.step, checkpoint.model, len(frames))
         if checkpoint.retrain_pending or learner.retrain_due:
             learner.fit(step=checkpoint.step, reason="every")
+        self._compile(learner)
         return learner
+
+    def _compile(self, learner: Learner) -> None:
+        """``mlip.compile``: compiled inference of the driving model (eager until it is ready;
+        recompiled for the new weights after every fit; eager if compiling fails)."""
+        mode = self.config.mlip.compile
+        if mode != "off":
+            learner.potential.enable_compiled(mode, workdir=self.folder / "compiled")
 
     def _lookup(self, runlog: RunLog):
         cache: dict[str, Any] = {}
@@ -613,15 +622,19 @@ def _cutoffs_of(path: Path, model: int):
 
 
 def _check_same_run(stored: dict, current: dict, path: Path) -> None:
-    """Refuse to resume a run whose settings differ (except those in ``_MAY_CHANGE``)."""
+    """Refuse to resume a run whose settings differ (except those in ``_MAY_CHANGE``).
+
+    Both sides are resolved settings (every field, defaults included), so a key on one side only
+    is a setting one version of the program has and the other has not: it is not a change the
+    user made, and does not block a resume across versions."""
     diffs: list[str] = []
 
     def walk(a, b, prefix: tuple):
         if prefix in _MAY_CHANGE or prefix[:1] in _MAY_CHANGE:
             return
         if isinstance(a, dict) and isinstance(b, dict):
-            for k in sorted(set(a) | set(b)):
-                walk(a.get(k), b.get(k), prefix + (k,))
+            for k in sorted(set(a) & set(b)):
+                walk(a[k], b[k], prefix + (k,))
         elif _norm(a) != _norm(b):
             diffs.append(f"{'.'.join(prefix)}: {_norm(a)!r} -> {_norm(b)!r}")
 

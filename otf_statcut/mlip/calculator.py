@@ -104,11 +104,14 @@ class PotentialCalculator(NequIPCalculator):
         return AtomicDataDict.to_(data, self.potential.device)
 
     def call_model(self, data):
-        """Run the potential's current model (a fit from scratch replaces the module)."""
+        """Run the potential's current model (a fit from scratch replaces the module): its
+        AOTInductor-compiled form when compiled inference is on and ready for the current weights
+        (``potential.enable_compiled``), else eager."""
         model = self.potential.model
         model.eval()
+        compiled = getattr(self.potential, "_compiled", None)
         with float64_default():
-            return model(data)
+            return model(data) if compiled is None else compiled.run(data, model)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         """Evaluate the model once and fill :attr:`results` with every implemented property."""

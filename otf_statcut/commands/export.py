@@ -21,6 +21,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def run_file_of(argument: str) -> Path:
+    """The run file a command was given: ``run.h5`` itself or its folder (DataError if absent)."""
+    path = Path(argument)
+    if path.is_dir():
+        path = path / "run.h5"
+    if not path.is_file():
+        raise DataError(f"{path}: run file not found")
+    return path
+
+
 def check_output_file(out: str, what: str) -> Path:
     """A file path we can write: its folder exists and is writable, and it is not a folder.
 
@@ -46,11 +56,7 @@ def run(args) -> int:
     from ..errors import environment_failure
     from ..io.runlog import export_extxyz
 
-    path = Path(args.run_file)
-    if path.is_dir():
-        path = path / "run.h5"
-    if not path.is_file():
-        raise DataError(f"{path}: run file not found")
+    path = run_file_of(args.run_file)
     check_output_file(args.out, "output")
     if args.trajectory:
         check_output_file(args.trajectory, "--trajectory")

@@ -84,13 +84,9 @@ def run(args) -> int:
     from ..mlip import NequIPPotential
     from ..mlip.nequip_native import FORMATS as SUFFIXES
     from ..mlip.nequip_native import NequIPToolError, export_potential
-    from .export import check_output_file
+    from .export import check_output_file, run_file_of
 
-    path = Path(args.run_file)
-    if path.is_dir():
-        path = path / "run.h5"
-    if not path.is_file():
-        raise DataError(f"{path}: run file not found")
+    path = run_file_of(args.run_file)
     out = check_output_file(args.output, "-o")
     suffixes = SUFFIXES[args.format]
     if not out.name.endswith(suffixes):

@@ -134,6 +134,9 @@ def test_the_calculator_pickles_with_a_picklable_labeller_and_says_why_not_other
     moved = back.copy()
     moved.calc = back.calc
     np.testing.assert_allclose(moved.get_forces(), forces, atol=1e-10)
+    from otf_statcut.mlip.graphs import GRAPH_CACHE
+
+    assert back.calc.learner.potential.converter.cache is GRAPH_CACHE  # not a pickled copy of it
     atoms.calc = OTFCalculator(learner, Locked())
     with pytest.raises(TypeError, match=r"OTFCalculator cannot be pickled: its EMT labeller cannot \(.*lock"):
         pickle.dumps(atoms)

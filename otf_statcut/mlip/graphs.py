@@ -220,6 +220,21 @@ class GraphConverter:
         self.neighbor_list = NeighborListTransform(r_max=self.r_max)
         self.cache = GRAPH_CACHE if cache is _DEFAULT else cache
 
+    def __getstate__(self):
+        # The process-wide cache (a lock and up to a GiB of graphs) is not part of a converter's
+        # state: a pickled converter uses the process-wide cache of wherever it is unpickled.
+        state = self.__dict__.copy()
+        if state.get("cache") is GRAPH_CACHE:
+            state["cache"] = "process-wide"
+        elif state.get("cache") is not None:
+            state["cache"] = None
+        return state
+
+    def __setstate__(self, state):
+        if state.get("cache") == "process-wide":
+            state["cache"] = GRAPH_CACHE
+        self.__dict__.update(state)
+
     def cache_key(self, atoms: Atoms) -> tuple:
         """The cache key of ``atoms`` for this converter: ``(species, r_max, geometry digest)``."""
         return (self.species, self.r_max, geometry_digest(atoms))

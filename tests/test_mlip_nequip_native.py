@@ -114,7 +114,7 @@ def test_checkpoint_is_read_by_nequip_and_round_trips(tmp_path, potential, frame
 
     path = nn.write_checkpoint(potential, tmp_path / "cu.ckpt", frames)
     assert (tmp_path / "cu.example.extxyz").is_file()
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     assert checkpoint["hyper_parameters"]["model"]["_target_"] == "nequip.model.NequIPGNNModel"
     model = ModelFromCheckpoint(str(path))["sole_model"].eval()  # nequip's own loader
     assert model.type_names == ["Cu"]
@@ -149,7 +149,7 @@ def test_an_imported_model_fine_tunes_saves_and_makes_ensemble_members(tmp_path,
 
 def test_models_nequip_builds_differently_are_refused_on_one_line(tmp_path, potential, frames):
     path = nn.write_checkpoint(potential, tmp_path / "cu.ckpt", frames)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     zbl = {"_target_": "nequip.nn.pair_potential.ZBL"}
     for change, words in [({"num_features": [8, 4]}, "num_features=[8, 4]"),
                           ({"pair_potential": zbl}, "pair_potential"),
@@ -169,6 +169,9 @@ def test_models_nequip_builds_differently_are_refused_on_one_line(tmp_path, pote
     (tmp_path / "junk.ckpt").write_text("not a checkpoint")
     with pytest.raises(DataError, match="not a nequip checkpoint"):
         nn.load_nequip_model(tmp_path / "junk.ckpt")
+    torch.save({"hyper_parameters": {"model": {}}, "hook": print}, tmp_path / "code.ckpt")
+    with pytest.raises(DataError, match="objects other than tensors and plain data"):  # never unpickled
+        nn.load_nequip_model(tmp_path / "code.ckpt")
     (tmp_path / "junk.nequip.zip").write_text("not a zip")
     with pytest.raises(DataError, match="not a nequip package"):
         nn.load_nequip_model(tmp_path / "junk.nequip.zip")
@@ -274,7 +277,11 @@ def mliap_file(tmp_path_factory, run_file):
 
 @pytest.mark.slow
 def test_lammps_mliap_file_holds_the_potential(mliap_file, potential, frames):
-    wrapper = torch.load(mliap_file, map_location="cpu", weights_only=False)  # as LAMMPS' ML-IAP loads it
+    from nequip.integrations.lammps_mliap.lmp_mliap_wrapper import NequIPLAMMPSMLIAPWrapper
+
+    # the one class of the file allowed, everything else tensors and plain data (no code runs)
+    with torch.serialization.safe_globals([NequIPLAMMPSMLIAPWrapper]):
+        wrapper = torch.load(mliap_file, map_location="cpu", weights_only=True)
     assert type(wrapper).__name__ == "NequIPLAMMPSMLIAPWrapper"
     assert wrapper.element_types == ["Cu"] and wrapper.rcutfac == pytest.approx(0.5 * potential.config.r_max)
     model = wrapper._load_model_from_bytes().eval()  # the model LAMMPS will run

@@ -557,8 +557,8 @@ def _compile_in_child(snapshot_dir: Path, out_path: Path) -> dict:
     with float64_default():
         potential = NequIPPotential(ModelConfig.from_dict(spec["model_config"]),
                                     DataStatistics.from_dict(spec["statistics"]))
-    potential.model.load_state_dict(torch.load(snapshot_dir / "weights.pt", map_location="cpu",
-                                               weights_only=True), strict=True)
+    weights = torch.load(snapshot_dir / "weights.pt", map_location="cpu", weights_only=True)
+    potential.model.load_state_dict(weights, strict=True)
     potential.to(device)
     frames = ase.io.read(snapshot_dir / "example.extxyz", ":")
     converter = GraphConverter(potential.species, potential.config.r_max, cache=None)

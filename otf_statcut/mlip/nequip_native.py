@@ -576,11 +576,24 @@ def _check_species(model_species: Sequence[str], required: Sequence[str] | None,
 
 
 def _checkpoint_model(path: Path) -> tuple[dict, dict]:
-    """``(model builder config, checkpoint)`` of a nequip checkpoint (a pickle: nequip's own
-    tools load it with ``weights_only=False`` too)."""
+    """``(model builder config, checkpoint)`` of a nequip checkpoint.
+
+    Loaded with ``weights_only=True``: a checkpoint is a pickle, and a full unpickle would run
+    whatever code a file carries. Checkpoints this project writes (and Lightning checkpoints of
+    plain settings) hold only tensors and plain data; one holding other objects is refused with
+    the way out (a nequip package, read by nequip's own loader)."""
+    import pickle
+
     try:
         with _quiet():
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "safe_globals" not in str(exc):  # not a pickle of allowed data at all (torch says "Unsupported operand")
+            raise DataError(f"{path}: not a nequip checkpoint or package (torch.load: {type(exc).__name__}); "
+                            f"packages must end with {PACKAGE_SUFFIX}") from exc
+        raise DataError(f"{path}: the checkpoint holds objects other than tensors and plain data, which are "
+                        "not unpickled (that could run code from the file); turn it into a package with "
+                        f"`nequip-package build {path} model{PACKAGE_SUFFIX}` and give that instead") from exc
     except Exception as exc:  # torch raises many types for a foreign file
         raise DataError(f"{path}: not a nequip checkpoint or package (torch.load: {type(exc).__name__}); "
                         f"packages must end with {PACKAGE_SUFFIX}") from exc

@@ -65,3 +65,22 @@ def small_cu_run(**changes) -> dict:
         node[last] = value
     return data
 
+
+
+def cu_cells(n: int, seed: int, rattle: float = 0.05, repeat=(2, 1, 1)) -> list:
+    """Rattled fcc Cu cells (8 atoms by default) labelled with ASE's EMT (energy, forces, stress)."""
+    import numpy as np
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    from otf_statcut.data import labelled_frame
+
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n):
+        atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(repeat)
+        atoms.positions += rng.normal(scale=rattle, size=atoms.positions.shape)
+        atoms.calc = EMT()
+        labels = atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
+        frames.append(labelled_frame(atoms, *labels))
+    return frames

@@ -11,32 +11,18 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from ase.build import bulk
-from ase.calculators.emt import EMT
 
-from otf_statcut.data import frame_forces, labelled_frame
+from otf_statcut.data import frame_forces
 from otf_statcut.errors import ConfigError, DataError
 from otf_statcut.mlip import ModelConfig, NequIPPotential, TrainConfig
 from otf_statcut.stats import force_error_magnitudes
+from conftest import cu_cells
 
 torch.set_num_threads(1)
 
 TINY = ModelConfig(species=("Cu",), r_max=4.0, num_layers=1, l_max=1, num_features=8, radial_mlp_width=16,
                    seed=3)
 COLD = TrainConfig(max_epochs=25, batch_size=2, learning_rate=0.01, patience=25)
-
-
-def cu_cells(n: int, seed: int, rattle: float) -> list:
-    """Rattled 8-atom fcc Cu cells labelled with ASE's EMT."""
-    rng = np.random.default_rng(seed)
-    frames = []
-    for _ in range(n):
-        atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 1, 1))
-        atoms.positions += rng.normal(scale=rattle, size=atoms.positions.shape)
-        atoms.calc = EMT()
-        labels = atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
-        frames.append(labelled_frame(atoms, *labels))
-    return frames
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from ase.build import bulk
-from ase.calculators.emt import EMT
 
-from otf_statcut.data import labelled_frame
 from otf_statcut.errors import ConfigError
 from otf_statcut.fit_cycle import LazyPredictions, fit_cycle
 from otf_statcut.mlip import ModelConfig, NequIPPotential, TrainConfig
 from otf_statcut.mlip import training
 from otf_statcut.mlip.graphs import GRAPH_CACHE, GraphCache, GraphConverter, geometry_digest
+from conftest import cu_cells
 from otf_statcut.uq import make_head
 from otf_statcut.uq.sparse_gp import ElementGP
 
@@ -25,19 +23,6 @@ torch.set_num_threads(1)
 
 TINY = ModelConfig(species=("Cu",), r_max=4.0, num_layers=1, l_max=1, num_features=8, radial_mlp_width=8,
                    seed=3)
-
-
-def cu_cells(n: int, seed: int, rattle: float = 0.05, repeat=(2, 1, 1)) -> list:
-    """Rattled fcc Cu cells labelled with ASE's EMT."""
-    rng = np.random.default_rng(seed)
-    frames = []
-    for _ in range(n):
-        atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(repeat)
-        atoms.positions += rng.normal(scale=rattle, size=atoms.positions.shape)
-        atoms.calc = EMT()
-        labels = atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
-        frames.append(labelled_frame(atoms, *labels))
-    return frames
 
 
 @pytest.fixture(scope="module")

@@ -746,8 +746,6 @@ def _check_walkers(config: RunConfig, ctx: Context) -> None:
             raise ConfigError(f"{ctx.where}: {where}: give exactly one of structure (a file) or builder")
         if system.structure is not None and not system.structure.is_file():
             raise DataError(f"{ctx.where}: {where}.structure: file {system.structure} not found")
-    if w.label_groups and config.labeler.name != "gpaw" and w.label_groups > 64:
-        raise ConfigError(f"{ctx.where}: walkers.label_groups = {w.label_groups} is invalid; expected at most 64")
 
 
 def _cross_checks(config: RunConfig, data: Mapping, ctx: Context) -> None:

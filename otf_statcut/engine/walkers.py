@@ -43,7 +43,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
@@ -242,7 +242,6 @@ class WalkerState:
     last_label_step: int | None = None
     labels: int = 0
     stopped_early: bool = False
-    extra: dict = field(default_factory=dict)
 
     @property
     def step(self) -> int:
@@ -450,10 +449,6 @@ def resume_walkers(config, checkpoint: Checkpoint) -> tuple[list[WalkerState], l
         out.append(w)
         dyn.append(state.get("dynamics", {}))
     return out, dyn
-
-
-def same_keys(frames) -> set[str]:
-    return {configuration_key(f) for f in frames}
 
 
 class _SerialLabeler:

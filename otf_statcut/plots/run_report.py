@@ -298,10 +298,8 @@ def walkers_figure(runs: list[RunData], names: list[str]) -> Figure:
             ax.set_visible(False)
             continue
         _draw_sigma(ax, runs[i])
-        labels = runs[i].labels()["step"]
         ax.set_title(f"{names[i]}: {int(np.sum(runs[i].dataset.get('walker', np.zeros(0)) == i))} labels",
                      fontsize="small")
-        del labels
     for ax in axes.flat[1:]:
         if ax.get_visible():
             ax.sharey(axes.flat[0])
@@ -600,7 +598,7 @@ def plot_run(path, outdir=None, *, fmt: str = "png") -> list[Path]:
         runs = [load_run(path, trajectory=f"walkers/{i}/trajectory") for i in range(len(names))]
         reports = [(f"_{name}", r) for name, r in zip(names, runs)]
     else:
-        runs, reports = [load_run(path)], [("", None)]
+        runs = [load_run(path)]
         reports = [("", runs[0])]
     run = runs[0]
     outdir = Path(outdir) if outdir is not None else run.path.parent / "figures"
